@@ -1,0 +1,1 @@
+"""Formula discovery: engines, search CLI, Pareto review, export and audit."""

@@ -1,0 +1,1 @@
+"""Search engines (DEAP, Operon, PySR) behind one interface."""

@@ -1,0 +1,1 @@
+"""The shared evaluation harness: metrics, scorer, baselines, continuous-batching replay."""

@@ -1,0 +1,321 @@
+"""Baselines every formula is compared against, each fitted on the training part only.
+
+- ``naive``: the mean training target.
+- ``blackbox``: ``c0 + c1·prefill_tokens + c2·decode_tokens`` (the simulator's
+  current model), least squares over all training rows; ``blackbox-per-exp``
+  fits one per experiment.
+- ``roofline``: analytical, no fitting: ``max(compute, memory) + all-reduce``
+  from the roofline basis terms; ``roofline-cal`` fits a scale and intercept.
+- ``gbt``: scikit-learn HistGradientBoosting on all non-leaky features (log
+  target): the black-box accuracy reference.
+
+Each baseline is a scikit-learn-style estimator: ``__init__`` stores
+parameters, ``fit(frame, y, sample_weight=None)`` returns ``self``, fitted
+attributes end in ``_``, and ``predict(columns)`` works on a DataFrame or on a
+dict of one simulated step's columns.
+
+CLI: ``python -m evaluation.baselines [--data PATH] [--target cycle|duration|COLUMN]
+[--split temporal|lomo|lowo|logo:COLUMN] [--json] [--out DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evaluation.predictors import feature_matrix, n_rows
+from features import catalog
+from features.errors import StepMLError
+
+BLACKBOX_FEATURES = ("prefill_tokens", "decode_tokens")
+ROOFLINE_COMPUTE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute")
+ROOFLINE_MEMORY = ("rl_weight_load", "rl_kv_read")
+ROOFLINE_COMM = ("rl_allreduce",)
+
+
+class NaiveMean:
+    """Predicts the mean training target of the row's group (pooled mean for unseen groups).
+
+    Parameters
+    ----------
+    per_group : str or None
+        Column whose groups get their own mean (default ``experiment_id``).
+    """
+
+    name = "naive"
+
+    def __init__(self, per_group: str | None = "experiment_id") -> None:
+        self.per_group = per_group
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "NaiveMean":
+        self.mean_ = float(np.average(y, weights=sample_weight))
+        self.group_mean_: dict[str, float] = {}
+        if self.per_group and self.per_group in frame.columns:
+            labels = frame[self.per_group].astype(str).to_numpy()
+            for g in sorted(set(labels)):
+                m = labels == g
+                self.group_mean_[g] = float(np.average(y[m], weights=None if sample_weight is None else sample_weight[m]))
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        pred = np.full(n_rows(columns), self.mean_)
+        if self.group_mean_ and self.per_group in columns:
+            labels = np.asarray(columns[self.per_group]).astype(str).reshape(-1)
+            for g, mean in self.group_mean_.items():
+                pred[labels == g] = mean
+        return pred
+
+
+class LinearBaseline:
+    """Least squares ``c0 + Σ ci·feature_i``, optionally one fit per group.
+
+    Parameters
+    ----------
+    features : tuple of str
+        Catalogue feature names.
+    per_group : str or None
+        Column to fit separately by (e.g. ``experiment_id``); rows of unseen
+        groups fall back to the pooled fit.
+    name : str
+    """
+
+    def __init__(self, features: tuple[str, ...] = BLACKBOX_FEATURES, per_group: str | None = None,
+                 name: str = "blackbox") -> None:
+        self.features = features
+        self.per_group = per_group
+        self.name = name
+
+    def _solve(self, frame: pd.DataFrame, y: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        X = np.column_stack([np.ones(len(y)), feature_matrix(frame, self.features)])
+        if w is not None:
+            s = np.sqrt(w)
+            X, y = X * s[:, None], y * s
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        return coef
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LinearBaseline":
+        self.coef_ = self._solve(frame, y, sample_weight)
+        self.group_coef_: dict[str, np.ndarray] = {}
+        if self.per_group:
+            labels = frame[self.per_group].astype(str).to_numpy()
+            for g in sorted(set(labels)):
+                m = labels == g
+                self.group_coef_[g] = self._solve(frame.loc[m], y[m], None if sample_weight is None else sample_weight[m])
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        X = np.column_stack([np.ones(n_rows(columns)), feature_matrix(columns, self.features)])
+        pred = X @ self.coef_
+        if self.per_group and self.group_coef_ and self.per_group in columns:
+            labels = np.asarray(columns[self.per_group]).astype(str).reshape(-1)
+            for g, coef in self.group_coef_.items():
+                m = labels == g
+                if m.any():
+                    pred[m] = X[m] @ coef
+        return pred
+
+
+def roofline_time(columns: Mapping[str, object]) -> np.ndarray:
+    """``max(compute, memory) + all-reduce`` from the roofline terms the data can compute (µs)."""
+    have = {f.name for f in catalog.available_features(columns.keys())}
+    parts = {}
+    for label, names in (("compute", ROOFLINE_COMPUTE), ("memory", ROOFLINE_MEMORY), ("comm", ROOFLINE_COMM)):
+        used = [n for n in names if n in have]
+        values = catalog.compute_features(columns, used)
+        parts[label] = sum(values.values()) if used else 0.0
+    if not any(n in have for n in ROOFLINE_COMPUTE + ROOFLINE_MEMORY):
+        raise StepMLError("roofline baseline needs architecture and hardware metadata (arch.*, hw.* columns)")
+    out = np.maximum(parts["compute"], parts["memory"]) + parts["comm"]
+    return np.broadcast_to(np.asarray(out, dtype=float), (n_rows(columns),)).astype(float)
+
+
+class Roofline:
+    """Analytical roofline; ``calibrated=True`` fits ``a·roofline + b``."""
+
+    def __init__(self, calibrated: bool = False) -> None:
+        self.calibrated = calibrated
+        self.name = "roofline-cal" if calibrated else "roofline"
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "Roofline":
+        self.scale_, self.intercept_ = 1.0, 0.0
+        if self.calibrated:
+            r = roofline_time(frame)
+            X = np.column_stack([r, np.ones(len(r))])
+            w = np.ones(len(y)) if sample_weight is None else sample_weight
+            coef, *_ = np.linalg.lstsq(X * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)
+            self.scale_, self.intercept_ = float(coef[0]), float(coef[1])
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        return self.scale_ * roofline_time(columns) + self.intercept_
+
+
+class GradientBoosted:
+    """HistGradientBoosting on every non-leaky feature, fitted on log(target)."""
+
+    name = "gbt"
+
+    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, random_state: int = 0) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "GradientBoosted":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        self.features_ = tuple(f.name for f in catalog.available_features(frame.columns))
+        self.model_ = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                                    random_state=self.random_state)
+        self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        return np.exp(self.model_.predict(feature_matrix(columns, self.features_)))
+
+
+#: CLI name → factory of an unfitted baseline.
+BASELINES: Mapping[str, Callable[[], Any]] = MappingProxyType({
+    "naive": NaiveMean,
+    "blackbox": lambda: LinearBaseline(BLACKBOX_FEATURES, None, "blackbox"),
+    "blackbox-per-exp": lambda: LinearBaseline(BLACKBOX_FEATURES, "experiment_id", "blackbox-per-exp"),
+    "roofline": lambda: Roofline(False),
+    "roofline-cal": lambda: Roofline(True),
+    "gbt": GradientBoosted,
+})
+
+
+def make_baseline(name: str) -> Any:
+    """An unfitted baseline by CLI name; an unknown name lists the valid ones."""
+    if name not in BASELINES:
+        raise StepMLError(f"unknown baseline '{name}'; valid: {', '.join(BASELINES)}")
+    return BASELINES[name]()
+
+
+def fit_baseline(name: str, dataset: Any, rows: np.ndarray, weighted: bool = False) -> Any:
+    """Fit a baseline on the given rows (the training part) of a dataset.
+
+    With ``weighted`` the fit weights rows by the dataset's weight column (the cycle gap).
+    """
+    model = make_baseline(name)
+    w = dataset.weights if weighted else None
+    return model.fit(dataset.frame.iloc[rows], dataset.y[rows], None if w is None else w[rows])
+
+
+# -- leaderboard CLI -------------------------------------------------------------------------
+
+def leaderboard(dataset: Any, spec: str = "temporal", names: Sequence[str] | None = None,
+                seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fit every baseline on each split's training part and score its test part.
+
+    Returns rows ``{"group", "baseline", "mape", "mspe", "ci", "n"}`` (one per
+    experiment, or per held-out group for leave-one-out folds; plus an ``all``
+    row per fold) and notes about baselines that could not run.
+    """
+    from evaluation.scorer import score
+    from features.splits import make_splits
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for split in make_splits(dataset.frame, spec, dataset.content_hash()):
+        for name in names or list(BASELINES):
+            try:
+                model = fit_baseline(name, dataset, split.train)
+            except StepMLError as exc:
+                if not any(n.startswith(name + ":") for n in notes):
+                    notes.append(f"{name}: skipped ({exc})")
+                continue
+            card = score(model, dataset, split, ci=True, seed=seed)
+            if split.fold:
+                test = card.overall["test"]
+                rows.append(_row(split.fold, name, test))
+            else:
+                for group, m in card.groups[("test", "experiment_id")].items():
+                    rows.append(_row(group, name, m))
+                rows.append(_row("all", name, card.overall["test"]))
+    return rows, notes
+
+
+def _row(group: str, name: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    ci = m.get("mape_ci") or [float("nan"), float("nan")]
+    return {"group": str(group), "baseline": name, "mape": float(m["mape"]), "mspe": float(m["mspe"]),
+            "ci": [float(ci[0]), float(ci[1])], "n": int(m["n"])}
+
+
+def format_leaderboard(rows: list[dict[str, Any]]) -> str:
+    """A text table: one row per group, one column per baseline (test MAPE, MSPE, CI)."""
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return "(no rows)"
+    names = list(dict.fromkeys(table["baseline"]))
+    groups = list(dict.fromkeys(table["group"]))
+    width = max(len(g) for g in groups) + 2
+    head = f"{'group':<{width}}" + "".join(f"{n:>28}" for n in names)
+    lines = [head, f"{'':<{width}}" + "".join(f"{'MAPE% [95% CI] / MSPE%':>28}" for _ in names)]
+    for g in groups:
+        cells = []
+        for n in names:
+            r = table[(table["group"] == g) & (table["baseline"] == n)]
+            if r.empty:
+                cells.append(f"{'-':>28}")
+                continue
+            r = r.iloc[0]
+            cells.append(f"{r['mape']:6.2f} [{r['ci'][0]:5.2f},{r['ci'][1]:6.2f}] {r['mspe']:+6.1f}".rjust(28))
+        lines.append(f"{g:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def to_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    """The leaderboard as a Markdown table."""
+    table = pd.DataFrame(rows)
+    pivot = table.pivot_table(index="group", columns="baseline", values="mape", sort=False)
+    out = [f"# {title}", "", "Test MAPE (%) per group and baseline.", "",
+           "| group | " + " | ".join(pivot.columns) + " |", "|---" * (len(pivot.columns) + 1) + "|"]
+    for g, r in pivot.iterrows():
+        out.append(f"| {g} | " + " | ".join(f"{v:.2f}" for v in r.to_numpy()) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m evaluation.baselines``."""
+    from features.describe import add_data_arguments, dataset_from_args
+    from features.io import atomic_write_frame, atomic_write_text
+
+    parser = argparse.ArgumentParser(prog="python -m evaluation.baselines",
+                                     description="Fit every baseline on the training part and print a test leaderboard.")
+    add_data_arguments(parser)
+    parser.add_argument("--split", default="temporal", help="temporal (default), lomo, lowo or logo:COLUMN")
+    parser.add_argument("--baselines", default=None, help=f"comma-separated subset of: {', '.join(BASELINES)}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", default=None, help="also write leaderboard.csv and leaderboard.md into this folder")
+    args = parser.parse_args(argv)
+    names = args.baselines.split(",") if args.baselines else None
+    for n in names or ():
+        make_baseline(n)
+    dataset = dataset_from_args(args)
+    rows, notes = leaderboard(dataset, args.split, names, seed=args.seed)
+    target = {"target.cycle_us": "cycle", "target.duration_us": "duration"}.get(dataset.target, dataset.target)
+    if args.json:
+        print(json.dumps({"split": args.split, "target": target, "data": dataset.label, "rows": rows, "notes": notes}))
+    else:
+        print(f"data: {dataset.label}   target: {target}   split: {args.split}   (test part)")
+        print(format_leaderboard(rows))
+        for note in notes:
+            print(f"note: {note}")
+    if args.out:
+        flat = pd.DataFrame([{**r, "ci_lo": r["ci"][0], "ci_hi": r["ci"][1]} for r in rows]).drop(columns="ci")
+        atomic_write_frame(f"{args.out}/leaderboard.csv", flat)
+        atomic_write_text(f"{args.out}/leaderboard.md", to_markdown(rows, f"Baselines: {dataset.label}, {target}, {args.split}"))
+        print(f"wrote {args.out}/leaderboard.csv and leaderboard.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from features.cli import run
+
+    run(main, prog="evaluation.baselines")

@@ -1,0 +1,52 @@
+"""Shared command-line plumbing: one-line errors and exit status 2.
+
+Every ``python -m ...`` entry point of the project wraps its ``main`` in
+:func:`run`, so bad input is reported the same way everywhere.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from features.errors import StepMLError
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> NoReturn:
+    """Raise a :class:`StepMLError` carrying ``message``."""
+    raise StepMLError(message)
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+        prog: str | None = None) -> NoReturn:
+    """Run ``main(argv)`` and exit with its status.
+
+    :class:`StepMLError`, a missing file, and bad values are printed as a single line
+    ``<prog>: error: <message>`` on stderr with exit status 2. ``KeyboardInterrupt``
+    exits with 130 without a traceback.
+    """
+    name = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "stepml")
+    try:
+        status = main(argv)
+    except StepMLError as exc:
+        _one_line(name, str(exc))
+        sys.exit(EXIT_USAGE)
+    except FileNotFoundError as exc:
+        _one_line(name, f"file not found: {exc.filename or exc}")
+        sys.exit(EXIT_USAGE)
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(int(status or 0))
+
+
+def _one_line(prog: str, message: str) -> None:
+    text = " ".join(str(message).split())
+    print(f"{prog}: error: {text}", file=sys.stderr)

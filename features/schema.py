@@ -1,0 +1,198 @@
+"""The canonical step table: column names, dtypes and validation.
+
+Every loader returns a :class:`pandas.DataFrame` with these columns (those
+that the source has), so engines, the harness, replay and export consume one
+tidy table.
+
+Column groups
+-------------
+``step.*, queue.*, batch.*, kv.*``
+    The attributes of vLLM's ``step.BATCH_SUMMARY`` trace event, named as in
+    the trace.
+``batch.decode_context_sum, batch.prefill_context_sum``
+    Per-request context sums, when known (simulator output): Σ context over
+    decode requests, and Σ over prefill chunks of ``new·ctx + new·(new+1)/2``
+    (the attention work of the chunk).
+``kv.tokens_in_use``
+    KV tokens held by the batch. Derived as ``kv.usage_gpu_ratio ×
+    kv.blocks_total_gpu × block_size`` when only the summary is known.
+``experiment_id, model, workload, tp``
+    Group columns.
+``arch.*, hw.*``
+    Per-experiment model architecture and hardware, joined from metadata
+    (or mapped from a kernel table's columns).
+``target.*``
+    Targets in µs: ``target.duration_us`` (``step.duration_us`` as recorded),
+    ``target.cycle_us`` (cycle time, NaN where undefined) and
+    ``target.cycle_gap`` (the step-id gap it was measured over).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from features.errors import StepMLError
+
+KV_BLOCK_SIZE = 16
+
+#: BATCH_SUMMARY attributes, in trace order, with their dtype ("int" or "float").
+BATCH_SUMMARY_COLUMNS: dict[str, str] = {
+    "step.id": "int",
+    "step.ts_start_ns": "int",
+    "step.ts_end_ns": "int",
+    "step.duration_us": "int",
+    "queue.running_depth": "int",
+    "queue.waiting_depth": "int",
+    "batch.num_prefill_reqs": "int",
+    "batch.num_decode_reqs": "int",
+    "batch.scheduled_tokens": "int",
+    "batch.prefill_tokens": "int",
+    "batch.decode_tokens": "int",
+    "batch.num_finished": "int",
+    "batch.num_preempted": "int",
+    "kv.usage_gpu_ratio": "float",
+    "kv.blocks_total_gpu": "int",
+    "kv.blocks_free_gpu": "int",
+}
+
+#: Attributes a step record must have to be usable at all.
+REQUIRED_STEP_COLUMNS: tuple[str, ...] = (
+    "step.id",
+    "step.ts_start_ns",
+    "batch.prefill_tokens",
+    "batch.decode_tokens",
+)
+
+#: Optional per-request aggregates (simulator output or richer traces).
+EXTRA_STEP_COLUMNS: dict[str, str] = {
+    "batch.decode_context_sum": "float",
+    "batch.prefill_context_sum": "float",
+    "kv.tokens_in_use": "float",
+}
+
+GROUP_COLUMNS: dict[str, str] = {
+    "experiment_id": "str",
+    "model": "str",
+    "workload": "str",
+    "tp": "int",
+}
+
+TARGET_COLUMNS: dict[str, str] = {
+    "target.duration_us": "float",
+    "target.cycle_us": "float",
+    "target.cycle_gap": "float",
+}
+
+#: Columns that are known only after the step ran or encode its timing: never features.
+LEAKY_COLUMNS: tuple[str, ...] = (
+    "step.ts_start_ns",
+    "step.ts_end_ns",
+    "step.duration_us",
+    "batch.num_finished",
+    "batch.num_preempted",
+)
+
+#: Columns of earlier analyses found in some files; dropped on load, never ground truth.
+ANALYSIS_COLUMNS: tuple[str, ...] = ("cycle_time_us", "matched_iti_count", "cycle_time_ratio")
+
+#: Target names accepted by ``--target`` and the column each one reads.
+TARGET_ALIASES: dict[str, str] = {
+    "cycle": "target.cycle_us",
+    "duration": "target.duration_us",
+}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One canonical column: name, dtype kind and a description."""
+
+    name: str
+    kind: str
+    description: str = ""
+
+
+def canonical_dtypes() -> dict[str, str]:
+    """All canonical column names mapped to their dtype kind (``int``, ``float``, ``str``)."""
+    out: dict[str, str] = {}
+    for table in (BATCH_SUMMARY_COLUMNS, EXTRA_STEP_COLUMNS, GROUP_COLUMNS, TARGET_COLUMNS):
+        out.update(table)
+    return out
+
+
+def coerce_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Cast known columns to their canonical dtypes; name the first bad column in an error.
+
+    Integers become ``int64`` (the column must have no missing values),
+    floats ``float64``, strings ``object``. Unknown columns are kept as they are.
+    """
+    kinds = canonical_dtypes()
+    out = frame.copy()
+    for name in out.columns:
+        kind = kinds.get(name)
+        if kind is None and (name.startswith("arch.") or name.startswith("hw.")):
+            kind = "float"
+        if kind is None:
+            continue
+        column = out[name]
+        try:
+            if kind == "int":
+                numeric = pd.to_numeric(column, errors="raise")
+                if numeric.isna().any():
+                    raise StepMLError(
+                        f"{source}: column '{name}' has {int(numeric.isna().sum())} missing values")
+                if numeric.dtype.kind == "f":
+                    values = numeric.to_numpy(dtype=float)
+                    fractional = ~np.isfinite(values) | (values != np.floor(values))
+                    if fractional.any():
+                        first = int(np.flatnonzero(fractional)[0])
+                        raise StepMLError(f"{source}: column '{name}' must hold integers; "
+                                          f"row {first} has {float(values[first])!r}")
+                out[name] = numeric.astype("int64")
+            elif kind == "float":
+                out[name] = pd.to_numeric(column, errors="raise").astype("float64")
+            else:
+                out[name] = column.astype(str)
+        except (ValueError, TypeError) as exc:
+            raise StepMLError(f"{source}: column '{name}' is not {kind}: {exc}") from None
+    return out
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str], source: str) -> None:
+    """Raise a one-line error naming the first required column that is missing."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise StepMLError(f"{source}: missing required attribute(s): {', '.join(missing)}")
+
+
+def add_kv_tokens(frame: pd.DataFrame, block_size: int = KV_BLOCK_SIZE) -> pd.DataFrame:
+    """Add ``kv.tokens_in_use`` from the KV usage summary when it is not already known."""
+    if "kv.tokens_in_use" in frame.columns:
+        return frame
+    if {"kv.usage_gpu_ratio", "kv.blocks_total_gpu"} <= set(frame.columns):
+        frame = frame.copy()
+        frame["kv.tokens_in_use"] = (
+            frame["kv.usage_gpu_ratio"].to_numpy(float)
+            * frame["kv.blocks_total_gpu"].to_numpy(float) * block_size)
+    return frame
+
+
+def describe_columns() -> Mapping[str, ColumnSpec]:
+    """The documented canonical columns (used by the data report)."""
+    docs = {
+        "kv.tokens_in_use": "KV tokens held (usage ratio × total blocks × 16 when only the summary is known)",
+        "batch.decode_context_sum": "Σ context length over decode requests",
+        "batch.prefill_context_sum": "Σ over prefill chunks of new·ctx + new·(new+1)/2",
+        "target.duration_us": "step.duration_us as recorded (not the step's wall time)",
+        "target.cycle_us": "Δts_start / Δstep.id to the next sampled step (µs)",
+        "target.cycle_gap": "step-id gap the cycle time was measured over",
+    }
+    return {name: ColumnSpec(name, kind, docs.get(name, "")) for name, kind in canonical_dtypes().items()}
+
+
+def finite_positive(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of finite, strictly positive entries."""
+    values = np.asarray(values, dtype=float)
+    return np.isfinite(values) & (values > 0)

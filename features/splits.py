@@ -1,0 +1,173 @@
+"""Reproducible train/validation/test splits, saved as index arrays keyed by the data hash.
+
+Specs (the ``--split`` values):
+
+``temporal``
+    60/20/20 within each experiment by step order: every train step id <
+    every validation id < every test id of that experiment.
+``lomo`` / ``lowo``
+    Leave one model / workload out: one fold per value.
+``logo:COLUMN``
+    Leave one group out on any column (e.g. ``logo:shape`` for MoE shapes).
+
+In a leave-one-out fold the held-out group is the test part; the remaining
+rows are split temporally 75/25 within each experiment into train and
+validation, so selection never sees the held-out group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.errors import StepMLError
+
+TEMPORAL = (0.6, 0.2, 0.2)
+FOLD_TRAIN_SHARE = 0.75
+NAMED_GROUPS = {"lomo": "model", "lowo": "workload"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Positional row indices of one split (or one fold) of a dataset."""
+
+    spec: str
+    fold: str
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    data_hash: str = ""
+
+    @property
+    def name(self) -> str:
+        """``spec`` or ``spec[fold]``."""
+        return f"{self.spec}[{self.fold}]" if self.fold else self.spec
+
+    def part(self, name: str) -> np.ndarray:
+        """Indices of ``train``, ``val``/``validation`` or ``test``."""
+        key = {"validation": "val"}.get(name, name)
+        if key not in ("train", "val", "test"):
+            raise StepMLError(f"unknown split part '{name}'; valid: train, val, test")
+        return getattr(self, key)
+
+
+def _order_within(frame: pd.DataFrame) -> list[np.ndarray]:
+    """Positional indices per experiment, sorted by step id (ties by position)."""
+    exp = frame["experiment_id"].astype(str).to_numpy() if "experiment_id" in frame.columns else np.zeros(len(frame))
+    step = frame["step.id"].to_numpy() if "step.id" in frame.columns else np.arange(len(frame))
+    order = np.lexsort((np.arange(len(frame)), step, exp))
+    exp_sorted = exp[order]
+    bounds = np.flatnonzero(exp_sorted[1:] != exp_sorted[:-1]) + 1
+    return np.split(order, bounds)
+
+
+def _cut(groups: list[np.ndarray], shares: tuple[float, ...]) -> list[np.ndarray]:
+    parts: list[list[np.ndarray]] = [[] for _ in shares]
+    edges = np.cumsum(shares)[:-1]
+    for idx in groups:
+        n = len(idx)
+        cuts = np.floor(edges * n + 1e-9).astype(int)
+        for k, piece in enumerate(np.split(idx, cuts)):
+            parts[k].append(piece)
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+def temporal_split(frame: pd.DataFrame, shares: tuple[float, float, float] = TEMPORAL, data_hash: str = "") -> Split:
+    """60/20/20 by step order within each experiment."""
+    train, val, test = _cut(_order_within(frame), shares)
+    return Split("temporal", "", train, val, test, data_hash)
+
+
+def group_folds(frame: pd.DataFrame, column: str, spec: str, data_hash: str = "") -> list[Split]:
+    """One fold per value of ``column``: that value is the test part."""
+    if column not in frame.columns:
+        raise StepMLError(f"split '{spec}': unknown column '{column}'; valid: {', '.join(map(str, frame.columns))}")
+    values = frame[column].astype(str).to_numpy()
+    levels = sorted(set(values))
+    if len(levels) < 2:
+        raise StepMLError(f"split '{spec}': column '{column}' has a single value ({levels[0] if levels else '-'}); "
+                          "leave-one-out needs at least two")
+    folds = []
+    for level in levels:
+        held = values == level
+        rest = frame.loc[~held]
+        positions = np.flatnonzero(~held)
+        train_local, val_local = _cut(_order_within(rest.reset_index(drop=True)), (FOLD_TRAIN_SHARE, 1 - FOLD_TRAIN_SHARE))
+        folds.append(Split(spec, level, np.sort(positions[train_local]), np.sort(positions[val_local]),
+                           np.flatnonzero(held), data_hash))
+    return folds
+
+
+def make_splits(frame: pd.DataFrame, spec: str = "temporal", data_hash: str = "") -> list[Split]:
+    """All splits for a ``--split`` spec (one for temporal, one per fold otherwise)."""
+    if spec == "temporal":
+        return [temporal_split(frame, data_hash=data_hash)]
+    if spec in NAMED_GROUPS:
+        return group_folds(frame, NAMED_GROUPS[spec], spec, data_hash)
+    if spec.startswith("logo:") and len(spec) > 5:
+        return group_folds(frame, spec[5:], spec, data_hash)
+    raise StepMLError(f"unknown split '{spec}'; valid: temporal, lomo, lowo, logo:COLUMN")
+
+
+_META_KEY = "__meta__"
+
+
+def save_splits(splits: list[Split], folder: str | Path) -> Path:
+    """Write the index arrays to ``folder/<data_hash>-<spec>.npz`` atomically.
+
+    The spec and data hash are also stored inside the file, so :func:`load_splits`
+    restores them exactly (the file name replaces ``:`` and has ``nohash`` for an
+    empty hash).
+    """
+    from io import BytesIO
+
+    from features.io import atomic_write_bytes
+
+    if not splits:
+        raise StepMLError("no splits to save")
+    first = splits[0]
+    path = Path(folder) / f"{first.data_hash or 'nohash'}-{first.spec.replace(':', '_')}.npz"
+    arrays = {_META_KEY: np.array([first.data_hash, first.spec])}
+    for k, s in enumerate(splits):
+        for part in ("train", "val", "test"):
+            arrays[f"{k}:{s.fold}:{part}"] = s.part(part)
+    buffer = BytesIO()
+    np.savez(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_splits(path: str | Path) -> list[Split]:
+    """Read splits written by :func:`save_splits`."""
+    path = Path(path)
+    if not path.is_file():
+        raise StepMLError(f"split file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError) as exc:
+        raise StepMLError(f"{path}: not a split file ({exc})") from None
+    meta = arrays.pop(_META_KEY, None)
+    if meta is not None and len(meta) == 2:
+        data_hash, spec = str(meta[0]), str(meta[1])
+    elif "-" in path.stem:
+        data_hash, spec = path.stem.split("-", 1)
+        data_hash = "" if data_hash == "nohash" else data_hash
+        spec = spec.replace("logo_", "logo:", 1)
+    else:
+        raise StepMLError(f"{path}: not a split file (expected <data_hash>-<spec>.npz)")
+    folds: dict[int, dict[str, np.ndarray]] = {}
+    names: dict[int, str] = {}
+    for key, values in arrays.items():
+        # "<index>:<fold>:<part>"; the fold name itself may contain ':'.
+        index, _, rest = key.partition(":")
+        fold, _, part = rest.rpartition(":")
+        if not index.isdigit() or part not in ("train", "val", "test"):
+            raise StepMLError(f"{path}: not a split file (unexpected array '{key}')")
+        folds.setdefault(int(index), {})[part] = values
+        names[int(index)] = fold
+    incomplete = [i for i, f in folds.items() if len(f) != 3]
+    if not folds or incomplete:
+        raise StepMLError(f"{path}: not a split file (incomplete fold(s): {incomplete or 'none saved'})")
+    return [Split(spec, names[i], f["train"], f["val"], f["test"], data_hash) for i, f in sorted(folds.items())]

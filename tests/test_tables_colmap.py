@@ -1,0 +1,291 @@
+"""Step tables (parquet/CSV), canonical dtypes, and TOML column maps (features.colmap)."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.colmap import UNIT_TO_US, apply_colmap, load_colmap, resolve_map, shipped_maps
+from features.dataset import load_dataset, read_steps_path
+from features.errors import StepMLError
+from features.schema import coerce_columns, require_columns
+
+# -- step tables and dtypes ----------------------------------------------------------------------
+
+
+def test_parquet_and_csv_step_tables_load_the_same(tmp_path, steps_table, write_table, isolated_metadata):
+    table = steps_table({"expA": 6, "expB": 5})
+    pq = load_dataset(write_table(tmp_path / "steps.parquet", table))
+    csv = load_dataset(write_table(tmp_path / "steps.csv", table))
+    assert pq.kind == csv.kind == "steps"
+    assert len(pq.frame) == 9            # the last row of each experiment has no cycle time
+    pd.testing.assert_frame_equal(pq.frame, csv.frame, check_like=True)
+
+
+def test_step_table_without_experiment_column_uses_the_file_stem(tmp_path, make_steps, write_table):
+    raw = read_steps_path(write_table(tmp_path / "run42.csv", make_steps(4)))
+    assert raw["experiment_id"].tolist() == ["run42"] * 4
+    assert list(raw.columns)[0] == "experiment_id"
+
+
+def test_step_table_missing_required_column_is_named(tmp_path, make_steps, write_table):
+    frame = pd.DataFrame(make_steps(4)).drop(columns=["batch.prefill_tokens"])
+    with pytest.raises(StepMLError, match=r"missing required attribute\(s\): batch\.prefill_tokens"):
+        read_steps_path(write_table(tmp_path / "s.parquet", frame))
+
+
+def test_unsupported_and_corrupt_tables_are_errors(tmp_path, isolated_metadata):
+    (tmp_path / "s.xlsx").write_text("x")
+    with pytest.raises(StepMLError, match=r"unsupported data file"):
+        load_dataset(tmp_path / "s.xlsx")
+    (tmp_path / "s.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(StepMLError, match=r"s\.parquet: cannot read table"):
+        load_dataset(tmp_path / "s.parquet")
+
+
+def test_coerce_columns_casts_and_names_bad_columns():
+    frame = pd.DataFrame({"step.id": ["1", "2"], "kv.usage_gpu_ratio": ["0.5", "1"], "tp": [2.0, 4.0],
+                          "arch.hidden_size": [8, 8], "experiment_id": [1, 2], "other": ["a", "b"]})
+    out = coerce_columns(frame, "src")
+    assert out["step.id"].dtype == np.int64 and out["step.id"].tolist() == [1, 2]
+    assert out["kv.usage_gpu_ratio"].dtype == np.float64
+    assert out["tp"].dtype == np.int64
+    assert out["arch.hidden_size"].dtype == np.float64
+    assert out["experiment_id"].tolist() == ["1", "2"]
+    assert out["other"].tolist() == ["a", "b"]
+    with pytest.raises(StepMLError, match=r"src: column 'step\.id' has 1 missing values"):
+        coerce_columns(pd.DataFrame({"step.id": [1, None]}), "src")
+    with pytest.raises(StepMLError, match=r"src: column 'batch\.decode_tokens' is not int"):
+        coerce_columns(pd.DataFrame({"batch.decode_tokens": ["3", "three"]}), "src")
+    with pytest.raises(StepMLError, match=r"src: column 'step\.id' must hold integers; row 1 has 2\.5"):
+        coerce_columns(pd.DataFrame({"step.id": [1.0, 2.5]}), "src")
+
+
+def test_csv_with_fractional_step_ids_is_an_error(tmp_path, make_steps, write_table, isolated_metadata):
+    frame = pd.DataFrame(make_steps(5))
+    frame["step.id"] = frame["step.id"] + 0.5
+    with pytest.raises(StepMLError, match=r"column 'step\.id' must hold integers"):
+        load_dataset(write_table(tmp_path / "s.csv", frame))
+
+
+def test_require_columns_lists_every_missing_one():
+    with pytest.raises(StepMLError, match=r"t: missing required attribute\(s\): a, c"):
+        require_columns(pd.DataFrame({"b": [1]}), ("a", "b", "c"), "t")
+
+
+# -- column maps ---------------------------------------------------------------------------------
+
+CUSTOM_MAP = """
+name = "tiny"
+description = "a hand-made kernel table"
+group_columns = ["shape", "kernel"]
+experiment = "{hidden}-{dtype}"
+
+[target]
+column = "latency_ms"
+unit = "ms"
+
+[features]
+"batch.scheduled_tokens" = "tokens"
+"arch.hidden_size" = "hidden"
+"arch.intermediate_size" = { column = "inter_k", scale = 1024 }
+
+[derived]
+shape = "{hidden}x{inter_k}"
+
+[filters]
+dtype = "bf16"
+routing = ["balanced", "uniform"]
+
+[constants]
+"arch.num_layers" = 1
+"hw.flops" = 989.5e12
+"""
+
+
+def _kernel_table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "tokens": [1, 2, 4, 8, 16, 32],
+        "hidden": [4096, 4096, 4096, 8192, 8192, 8192],
+        "inter_k": [14, 14, 14, 28, 28, 28],
+        "dtype": ["bf16", "bf16", "fp8", "bf16", "bf16", "bf16"],
+        "routing": ["balanced", "uniform", "balanced", "skewed", "balanced", "uniform"],
+        "kernel": ["triton", "triton", "triton", "cutlass", "cutlass", "cutlass"],
+        "latency_ms": [0.5, 0.25, 0.125, 2.0, 4.0, 8.0],
+    })
+
+
+@pytest.fixture
+def custom_map(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(CUSTOM_MAP)
+    return path
+
+
+def test_custom_map_parses(custom_map):
+    cmap = load_colmap(custom_map)
+    assert cmap.name == "tiny" and cmap.target == ("latency_ms",) and cmap.target_unit == "ms"
+    assert cmap.features == {"batch.scheduled_tokens": "tokens", "arch.hidden_size": "hidden",
+                             "arch.intermediate_size": "inter_k"}
+    assert cmap.units == {"arch.intermediate_size": 1024.0}
+    assert cmap.filters == {"dtype": ["bf16"], "routing": ["balanced", "uniform"]}
+    assert cmap.constants == {"arch.num_layers": 1.0, "hw.flops": 989.5e12}
+    assert cmap.group_columns == ("shape", "kernel")
+    assert cmap.source == str(custom_map)
+
+
+def test_custom_map_applied_to_a_small_table(custom_map):
+    out = apply_colmap(_kernel_table(), load_colmap(custom_map), "k.csv")
+    # fp8 row (index 2) and skewed row (index 3) are filtered out
+    assert out["batch.scheduled_tokens"].tolist() == [1, 2, 16, 32]
+    assert out["arch.hidden_size"].tolist() == [4096, 4096, 8192, 8192]
+    assert out["arch.intermediate_size"].tolist() == [14 * 1024, 14 * 1024, 28 * 1024, 28 * 1024]
+    assert out["target.value_us"].tolist() == [500.0, 250.0, 4000.0, 8000.0]      # ms → µs
+    assert out["shape"].tolist() == ["4096x14", "4096x14", "8192x28", "8192x28"]
+    assert out["experiment_id"].tolist() == ["4096-bf16", "4096-bf16", "8192-bf16", "8192-bf16"]
+    assert out["arch.num_layers"].tolist() == [1.0] * 4 and out["hw.flops"].iloc[0] == 989.5e12
+    assert out["kernel"].tolist() == ["triton", "triton", "cutlass", "cutlass"]   # raw group column kept
+    assert out["routing"].tolist() == ["balanced", "uniform", "balanced", "uniform"]
+    assert out["step.id"].tolist() == [0, 1, 2, 3]
+
+
+def test_custom_map_through_load_dataset(tmp_path, custom_map):
+    path = tmp_path / "kernels.csv"
+    _kernel_table().to_csv(path, index=False)
+    one_experiment = tmp_path / "one.toml"      # >= 3 rows per experiment are needed
+    one_experiment.write_text(CUSTOM_MAP.replace('experiment = "{hidden}-{dtype}"', 'experiment = "{dtype}"'))
+    ds = load_dataset(path, colmap=one_experiment)
+    assert ds.kind == "table" and ds.target == "target.value_us"
+    assert ds.frame["experiment_id"].tolist() == ["bf16"] * 4
+    assert ds.group_columns == ("experiment_id", "shape", "kernel")
+    assert ds.y.tolist() == [500.0, 250.0, 4000.0, 8000.0]
+    assert ds.frame["batch.scheduled_tokens"].dtype == np.int64
+    assert "scheduled_tokens" in ds.feature_names() and "hidden_size" in ds.feature_names()
+    with pytest.raises(StepMLError, match=r"unknown target 'cycle'"):
+        load_dataset(path, "cycle", colmap=one_experiment)
+    with pytest.raises(StepMLError, match=r"experiment '4096-bf16' has 2 rows \(at least 3 needed\)"):
+        load_dataset(path, colmap=custom_map)
+
+
+def test_unknown_columns_are_listed(custom_map):
+    table = _kernel_table().drop(columns=["tokens", "routing"])
+    with pytest.raises(StepMLError) as info:
+        apply_colmap(table, load_colmap(custom_map), "k.csv")
+    message = str(info.value)
+    assert "k.csv: column map 'tiny' names unknown column(s): routing, tokens;" in message
+    assert "the table has: hidden, inter_k" in message
+
+
+def test_unknown_column_in_a_format_string_is_named(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[target]\ncolumn = "latency_ms"\n[derived]\nshape = "{hidden}x{heads}"\n')
+    with pytest.raises(StepMLError, match=r"format '\{hidden\}x\{heads\}' names unknown column\(s\): heads"):
+        apply_colmap(_kernel_table(), load_colmap(path))
+
+
+def test_unknown_raw_group_column_is_listed(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('group_columns = ["gpu"]\n[target]\ncolumn = "latency_ms"\n')
+    with pytest.raises(StepMLError, match=r"unknown column\(s\): gpu"):
+        apply_colmap(_kernel_table(), load_colmap(path))
+
+
+def test_filters_that_leave_no_rows_are_an_error(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[target]\ncolumn = "latency_ms"\n[filters]\ndtype = "fp4"\n')
+    with pytest.raises(StepMLError, match=r"filters left no rows"):
+        apply_colmap(_kernel_table(), load_colmap(path))
+
+
+def test_non_numeric_feature_or_target_values_are_errors(tmp_path, custom_map):
+    table = _kernel_table().astype({"hidden": object, "latency_ms": object})
+    table.loc[1, "hidden"] = "wide"
+    with pytest.raises(StepMLError, match=r"column 'hidden' \(feature 'arch\.hidden_size'\) has 1 non-numeric "
+                                          r"value\(s\), first 'wide' at row 1"):
+        apply_colmap(table, load_colmap(custom_map))
+    table = _kernel_table().astype({"latency_ms": object})
+    table.loc[0, "latency_ms"] = "n/a"
+    with pytest.raises(StepMLError, match=r"column 'latency_ms' \(target\) has 1 non-numeric"):
+        apply_colmap(table, load_colmap(custom_map))
+
+
+def test_summed_target_columns(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[target]\ncolumns = ["a", "b"]\nunit = "s"\n')
+    out = apply_colmap(pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 0.25]}), load_colmap(path))
+    assert out["target.value_us"].tolist() == [1.5e6, 2.25e6]
+    assert out["experiment_id"].tolist() == ["m", "m"]                     # name defaults to the stem
+
+
+def test_units_table():
+    assert UNIT_TO_US == {"us": 1.0, "µs": 1.0, "ms": 1e3, "s": 1e6, "ns": 1e-3}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[features]\n"x" = "y"\n', r"\[target\] needs 'column'"),
+    ('[target]\ncolumn = "t"\nunit = "min"\n', r"unknown target unit 'min'; valid: us, µs, ms, s, ns"),
+    ('[target]\ncolumn = "t"\n[constants]\n"arch.num_layers" = "one"\n',
+     r"\[constants\] 'arch\.num_layers' must be a number, got 'one'"),
+    ('[target]\ncolumn = "t"\n[features]\n"arch.hidden_size" = { scale = 2 }\n',
+     r"\[features\] 'arch\.hidden_size' needs a 'column'"),
+    ('[target]\ncolumn = "t"\n[features]\n"arch.hidden_size" = { column = "h", scale = "x" }\n',
+     r"scale must be a number"),
+    ("[target\ncolumn = 1\n", r"malformed TOML"),
+])
+def test_bad_column_maps_are_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(StepMLError, match=message):
+        load_colmap(path)
+
+
+def test_unknown_map_name_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(StepMLError, match=r"unknown column map 'nope'; shipped: moe_perf, vidur_mlp"):
+        resolve_map("nope")
+    with pytest.raises(StepMLError, match=r"unknown column map"):
+        resolve_map(tmp_path / "absent.toml")
+
+
+def test_shipped_maps_load():
+    assert {"moe_perf", "vidur_mlp"} <= set(shipped_maps())
+    moe = load_colmap("moe_perf")
+    assert moe.target == ("latency",) and moe.target_unit == "ms"
+    assert moe.filters == {"moe_dtype": ["bfloat16"], "distribution": ["balanced"]}
+    assert moe.group_columns == ("shape",)
+    assert moe.features["arch.num_experts"] == "num_experts" and moe.features["arch.experts_per_token"] == "topk"
+    vidur = load_colmap("vidur_mlp")
+    assert vidur.target_unit == "ms" and len(vidur.target) == 9
+    assert all(c.startswith("time_stats.") and c.endswith(".median") for c in vidur.target)
+    assert vidur.features["arch.tp"] == "num_tensor_parallel_workers"
+
+
+# -- shipped maps on the real tables ---------------------------------------------------------------
+
+def test_real_moe_perf_through_load_dataset(real_path):
+    path = real_path("kernels/aiconfigurator_h100_vllm0.24/moe_perf.parquet")
+    ds = load_dataset(path)                     # the shipped map is picked by file name
+    assert ds.kind == "table" and ds.target == "target.value_us"
+    assert len(ds.frame) == 5400
+    assert ds.frame["shape"].nunique() == 16
+    assert "shape" in ds.group_columns
+    raw = pd.read_parquet(path)
+    kept = raw[(raw["moe_dtype"] == "bfloat16") & (raw["distribution"] == "balanced")].reset_index(drop=True)
+    np.testing.assert_allclose(ds.y, kept["latency"].to_numpy() * 1000.0, rtol=1e-12)
+    np.testing.assert_array_equal(ds.frame["batch.scheduled_tokens"], kept["num_tokens"])
+    assert (ds.frame["experiment_id"] == ds.frame["shape"]).all()
+    assert "4096x14336x8x2" in set(ds.frame["shape"])           # Mixtral-8x7B
+    assert "active_experts" in ds.feature_names()
+
+
+def test_real_vidur_mlp_csv_loads(real_path):
+    path = real_path("kernels/vidur_h100/Llama-2-70b-hf/mlp.csv")
+    ds = load_dataset(path)
+    raw = pd.read_csv(path)
+    cmap = load_colmap("vidur_mlp")
+    assert ds.kind == "table" and len(ds.frame) == len(raw) > 0
+    np.testing.assert_allclose(ds.y, raw[list(cmap.target)].sum(axis=1).to_numpy() * 1000.0, rtol=1e-12)
+    assert set(ds.frame["arch.tp"]) == {1.0, 2.0, 4.0, 8.0}
+    assert set(ds.frame["shape"]) == {"8192x28672"}
+    assert (ds.y > 0).all()
