@@ -143,8 +143,8 @@ class Roofline:
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "Roofline":
         self.scale_, self.intercept_ = 1.0, 0.0
+        r = roofline_time(frame)  # fails here (not at predict time) when the data lacks arch/hw columns
         if self.calibrated:
-            r = roofline_time(frame)
             X = np.column_stack([r, np.ones(len(r))])
             w = np.ones(len(y)) if sample_weight is None else sample_weight
             coef, *_ = np.linalg.lstsq(X * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)
@@ -299,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         make_baseline(n)
     dataset = dataset_from_args(args)
     rows, notes = leaderboard(dataset, args.split, names, seed=args.seed)
+    if not rows:
+        raise StepMLError(f"no baseline could run on {dataset.label}: {'; '.join(notes) or 'no rows'}")
     target = {"target.cycle_us": "cycle", "target.duration_us": "duration"}.get(dataset.target, dataset.target)
     if args.json:
         print(json.dumps({"split": args.split, "target": target, "data": dataset.label, "rows": rows, "notes": notes}))

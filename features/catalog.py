@@ -52,8 +52,8 @@ class Feature:
 
 def _c(cols: Columns, name: str) -> np.ndarray:
     value = cols[name]
-    if isinstance(value, float):  # one simulated step: plain float arithmetic is far cheaper
-        return value  # type: ignore[return-value]
+    if isinstance(value, float):  # one simulated step: numpy scalars are far cheaper than arrays
+        return np.float64(value)  # type: ignore[return-value]
     return np.asarray(value, dtype=float)
 
 
@@ -108,7 +108,7 @@ def _declare() -> tuple[Feature, ...]:
         F("batch_size", "requests", "requests in the batch (prefill + decode)", "simulator", "batch",
           _BATCH, lambda c: _c(c, "batch.num_prefill_reqs") + _c(c, "batch.num_decode_reqs")),
         F("is_mixed", "flag", "1 when the batch holds both prefill and decode requests", "simulator", "batch",
-          _BATCH, lambda c: ((_c(c, "batch.num_prefill_reqs") > 0) & (_c(c, "batch.num_decode_reqs") > 0)).astype(float)),
+          _BATCH, lambda c: 1.0 * ((_c(c, "batch.num_prefill_reqs") > 0) & (_c(c, "batch.num_decode_reqs") > 0))),
         # -- trace-only and leaky ------------------------------------------------------------
         F("running_depth", "requests", "scheduler running-queue depth", "trace", "batch",
           ("queue.running_depth",), _col("queue.running_depth")),
@@ -134,7 +134,7 @@ def _declare() -> tuple[Feature, ...]:
           ("batch.prefill_context_sum",), _col("batch.prefill_context_sum")),
         # -- MoE --------------------------------------------------------------------------------
         F("is_moe", "flag", "1 for a mixture-of-experts model", "simulator", "moe",
-          ("arch.num_experts",), lambda c: (_c(c, "arch.num_experts") > 1).astype(float)),
+          ("arch.num_experts",), lambda c: 1.0 * (_c(c, "arch.num_experts") > 1)),
         F("num_experts", "experts", "experts per MoE layer (E; 1 for dense)", "simulator", "moe",
           ("arch.num_experts",), _col("arch.num_experts")),
         F("experts_per_token", "experts", "experts each token is routed to (k)", "simulator", "moe",

@@ -91,8 +91,8 @@ class Dataset:
         return None
 
     def feature_names(self, allow: Iterable[str] = ("simulator", "trace")) -> list[str]:
-        """Non-leaky features this data can compute."""
-        return [f.name for f in catalog.available_features(self.frame.columns, allow)]
+        """Non-leaky features this data can compute (never one built from the target column)."""
+        return [f.name for f in catalog.available_features(self.frame.columns, allow) if self.target not in f.inputs]
 
     def features(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         """Feature arrays (full length) by name."""
@@ -210,7 +210,10 @@ def _check_rows(frame: pd.DataFrame, source: str) -> None:
 
 
 def _validate_target(frame: pd.DataFrame, target: str, source: str, derived: bool) -> tuple[pd.DataFrame, int]:
-    values = frame[target].to_numpy(dtype=float)
+    try:
+        values = pd.to_numeric(frame[target], errors="raise").to_numpy(dtype=float)
+    except (ValueError, TypeError):
+        raise StepMLError(f"{source}: target '{target}' is not numeric") from None
     nan = ~np.isfinite(values)
     nonpos = np.isfinite(values) & (values <= 0)
     if nonpos.any():
@@ -222,6 +225,8 @@ def _validate_target(frame: pd.DataFrame, target: str, source: str, derived: boo
     kept = frame.loc[~nan].reset_index(drop=True)
     if kept.empty:
         raise StepMLError(f"{source}: no rows with a valid '{target}' target")
+    kept[target] = values[~nan]
+    _check_rows(kept, f"{source} (rows with a valid '{target}' target)")
     return kept, int(nan.sum())
 
 

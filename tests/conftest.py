@@ -210,41 +210,41 @@ def steps_table(experiments: dict[str, int], **kwargs: Any) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-@pytest.fixture(name="make_steps")
+@pytest.fixture(name="make_steps", scope="session")
 def _make_steps_fixture():
     return make_steps
 
 
-@pytest.fixture(name="write_otlp")
+@pytest.fixture(name="write_otlp", scope="session")
 def _write_otlp_fixture():
     return write_otlp
 
 
-@pytest.fixture(name="write_table")
+@pytest.fixture(name="write_table", scope="session")
 def _write_table_fixture():
     return write_table
 
 
-@pytest.fixture(name="steps_table")
+@pytest.fixture(name="steps_table", scope="session")
 def _steps_table_fixture():
     return steps_table
 
 
-@pytest.fixture(name="request_span")
+@pytest.fixture(name="request_span", scope="session")
 def _request_span_fixture():
     return request_span
 
 
-@pytest.fixture(name="write_request_trace")
+@pytest.fixture(name="write_request_trace", scope="session")
 def _write_request_trace_fixture():
     return write_request_trace
 
 
-@pytest.fixture(name="otlp_line")
+@pytest.fixture(name="otlp_line", scope="session")
 def _otlp_line_fixture():
     return otlp_line
 
 
-@pytest.fixture(name="step_span")
+@pytest.fixture(name="step_span", scope="session")
 def _step_span_fixture():
     return step_span

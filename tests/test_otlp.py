@@ -153,7 +153,7 @@ def test_unknown_attributes_are_kept_after_the_known_ones(tmp_path, make_steps, 
     assert frame["batch.custom"].tolist() == [7, 7, 7]
 
 
-def test_non_integer_value_in_integer_attribute_is_an_error(tmp_path, make_steps, write_otlp, otlp_line):
+def test_non_integer_value_in_integer_attribute_is_an_error(tmp_path, make_steps, write_otlp):
     rows = make_steps(2)
     path = write_otlp(tmp_path / "traces.json", rows)
     text = path.read_text().replace('"intValue": "0"', '"intValue": "zero"', 1)

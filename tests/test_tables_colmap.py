@@ -1,7 +1,6 @@
 """Step tables (parquet/CSV), canonical dtypes, and TOML column maps (features.colmap)."""
 from __future__ import annotations
 
-import textwrap
 
 import numpy as np
 import pandas as pd

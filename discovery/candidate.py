@@ -1,0 +1,100 @@
+"""The Candidate every engine produces, and the search problem every engine receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import sympy
+
+from features import catalog
+from features.dataset import Dataset
+from features.errors import StepMLError
+from features.splits import Split
+from search_spaces.spaces import SearchSpace
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A formula found by an engine.
+
+    Attributes
+    ----------
+    expr : sympy.Expr
+        The formula with its numeric constants in place; symbols are feature names.
+    complexity : int
+        Operator-table complexity (:func:`search_spaces.operators.complexity`).
+    loss : float
+        Training loss (mean relative error, a fraction) as the engine measured it.
+    engine : str
+    provenance : str
+        Where it came from (``deap gen 12 island 1``, ``seed``, ``pysr import``…).
+    n_constants : int
+    """
+
+    expr: sympy.Expr
+    complexity: int
+    loss: float
+    engine: str
+    provenance: str = ""
+    n_constants: int = 0
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Feature names used by the formula, sorted."""
+        return tuple(sorted(str(s) for s in self.expr.free_symbols))
+
+    @property
+    def key(self) -> str:
+        """A canonical string of the formula (deduplication key)."""
+        return sympy.srepr(self.expr)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What an engine searches: one space on one split's training part.
+
+    Feature arrays are float64, keyed by feature name. ``probes`` maps a
+    monotone axis to (features at lo, features at hi) of probe pairs;
+    ``probe_rows`` holds features of the rows used for the positivity check.
+    """
+
+    space: SearchSpace
+    features: tuple[str, ...]
+    X_train: dict[str, np.ndarray]
+    y_train: np.ndarray
+    w_train: np.ndarray | None
+    X_val: dict[str, np.ndarray]
+    y_val: np.ndarray
+    w_val: np.ndarray | None
+    probes: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=dict)
+    seed: int = 0
+
+
+def _features_of(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    values = catalog.compute_features(frame, names)
+    return {k: np.broadcast_to(v, (len(frame),)).astype(float) for k, v in values.items()}
+
+
+def build_problem(dataset: Dataset, split: Split, space: SearchSpace, seed: int = 0,
+                  probe_rows: int = 256) -> Problem:
+    """Assemble a :class:`Problem` (features the data can compute, probes from training rows)."""
+    from evaluation.probes import probe_pairs
+
+    available = set(dataset.feature_names(("simulator",)))
+    features = tuple(f for f in space.features if f in available)
+    if not features:
+        raise StepMLError(f"space '{space.name}': none of its features can be computed from {dataset.label}")
+    frame = dataset.frame
+    train, val = frame.iloc[split.train], frame.iloc[split.val]
+    weighted = space.loss == "relative_weighted" and dataset.weights is not None
+    w = dataset.weights if weighted else None
+    rng = np.random.default_rng(seed)
+    probes = {}
+    monotone = tuple(a for a in space.monotone_in)
+    if space.constraint_mode != "off" and len(train):
+        for axis, (lo, hi) in probe_pairs(train.reset_index(drop=True), rng, probe_rows, monotone).items():
+            probes[axis] = (_features_of(lo, features), _features_of(hi, features))
+    return Problem(space, features, _features_of(train, features), dataset.y[split.train],
+                   None if w is None else w[split.train], _features_of(val, features), dataset.y[split.val],
+                   None if w is None else w[split.val], probes, seed)

@@ -1,0 +1,84 @@
+"""Pareto front, PySR's score, and the selections ``best``, ``accuracy`` and ``knee``.
+
+Pure functions over arrays, shared by search (writing the hall of fame), review
+and export (``--pick``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from features.errors import StepMLError
+
+SELECTIONS = ("best", "accuracy", "knee", "score")
+
+
+def pareto_mask(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
+    """True for rows not dominated in (complexity, loss); ties keep the first row."""
+    c = np.asarray(complexity, dtype=float)
+    l = np.asarray(loss, dtype=float)
+    order = np.lexsort((np.arange(len(c)), l, c))
+    keep = np.zeros(len(c), dtype=bool)
+    best = math.inf
+    for i in order:
+        if np.isfinite(l[i]) and l[i] < best:
+            keep[i] = True
+            best = l[i]
+    return keep
+
+
+def pysr_score(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
+    """PySR's score along a front sorted by complexity: −Δlog(loss) / Δcomplexity (first row 0).
+
+    Rows with a non-finite loss get ``-inf`` and are skipped: the next finite
+    row is scored against the previous finite one.
+    """
+    c = np.asarray(complexity, dtype=float)
+    l = np.maximum(np.asarray(loss, dtype=float), 1e-300)
+    finite = np.isfinite(l)
+    score = np.where(finite, 0.0, -np.inf)
+    order = [i for i in np.argsort(c, kind="stable") if finite[i]]
+    for prev, cur in zip(order[:-1], order[1:]):
+        dc = c[cur] - c[prev]
+        score[cur] = -(math.log(l[cur]) - math.log(l[prev])) / dc if dc > 0 else 0.0
+    return score
+
+
+def select(kind: str, complexity: Sequence[float], loss: Sequence[float]) -> int:
+    """Index of the selected front member.
+
+    ``best``: PySR's rule, highest score among rows with loss ≤ 1.5 × the minimum;
+    ``accuracy``: lowest loss; ``score``: highest score;
+    ``knee``: farthest from the chord between the simplest and the most accurate
+    member in (complexity, log loss), both normalised to [0, 1].
+    """
+    c = np.asarray(complexity, dtype=float)
+    l = np.asarray(loss, dtype=float)
+    if not len(c):
+        raise StepMLError("empty front: nothing to select")
+    finite = np.isfinite(l)
+    if not finite.any():
+        raise StepMLError("no front member has a finite loss")
+    s = pysr_score(c, np.where(finite, l, np.inf))
+    if kind == "accuracy":
+        return int(np.argmin(np.where(finite, l, np.inf)))
+    if kind == "score":
+        return int(np.argmax(np.where(finite, s, -np.inf)))
+    if kind == "best":
+        ok = finite & (l <= 1.5 * np.nanmin(l[finite]))
+        return int(np.argmax(np.where(ok, s, -np.inf)))
+    if kind == "knee":
+        x = (c - c[finite].min()) / max(np.ptp(c[finite]), 1e-12)
+        ll = np.log(np.maximum(l, 1e-300))
+        y = (ll - ll[finite].min()) / max(np.ptp(ll[finite]), 1e-12)
+        a = int(np.argmin(np.where(finite, c, np.inf)))
+        b = int(np.argmin(np.where(finite, l, np.inf)))
+        dx, dy = x[b] - x[a], y[b] - y[a]
+        norm = math.hypot(dx, dy)
+        if norm == 0:
+            return b
+        dist = np.abs(dy * (x - x[a]) - dx * (y - y[a])) / norm
+        return int(np.argmax(np.where(finite, dist, -np.inf)))
+    raise StepMLError(f"unknown selection '{kind}'; valid: {', '.join(SELECTIONS)} or a row number")

@@ -1,0 +1,128 @@
+"""Search spaces, declared once as data and registered by their CLI name.
+
+A :class:`SearchSpace` names the features a formula may use, the operators
+(from :mod:`search_spaces.operators`), constants, size limits, loss,
+constraints and default data/target/split. Every engine translates the same
+declaration into its own options, and export reads the same operator table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from features.errors import StepMLError
+
+BATCH = ("prefill_tokens", "decode_tokens", "scheduled_tokens", "num_prefill_reqs", "num_decode_reqs",
+         "batch_size", "is_mixed")
+KV = ("kv_tokens", "kv_per_req", "decode_ctx_sum", "prefill_attn_work")
+ARCH = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+        "total_params", "active_params", "bytes_per_param", "tp")
+MOE = ("is_moe", "num_experts", "experts_per_token", "active_experts", "tokens_per_expert", "ep_size")
+ROOFLINE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute", "rl_weight_load", "rl_kv_read",
+            "rl_allreduce", "rl_expert_compute", "rl_expert_weights")
+ARITHMETIC = ("add", "sub", "mul", "div")
+#: Features a step-time formula must not decrease in (checked on probe pairs).
+MONOTONE = ("prefill_tokens", "decode_tokens", "kv_tokens")
+LOSSES = ("relative", "relative_weighted")
+CONSTRAINT_MODES = ("penalise", "reject", "off")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """One search space (see the module docstring).
+
+    Attributes
+    ----------
+    name, description : str
+    features : tuple of str
+        Allowed catalogue features; those the data cannot compute are dropped at run time.
+    operators : tuple of str
+        Operator names from the operator table.
+    max_size : int
+        Largest complexity (PySR ``maxsize``; leaves count 1, operators their weight).
+    max_depth : int
+    constant_range : tuple of float
+        Range of random initial constants (constants are then optimised).
+    loss : str
+        ``relative`` (mean |pred − y| / y) or ``relative_weighted`` (weighted by the cycle gap).
+    monotone_in : tuple of str
+        Features the prediction must not decrease in (probe pairs).
+    constraint_mode : str
+        ``penalise`` (default), ``reject`` or ``off``.
+    default_data : str or None
+        None = the bundled demo data.
+    default_target, default_split : str
+    seed_formulas : tuple of str
+        Formulas placed in the initial population (features by name; constants refitted).
+    """
+
+    name: str
+    description: str
+    features: tuple[str, ...]
+    operators: tuple[str, ...]
+    max_size: int = 25
+    max_depth: int = 6
+    constant_range: tuple[float, float] = (-2.0, 2.0)
+    loss: str = "relative"
+    monotone_in: tuple[str, ...] = MONOTONE
+    constraint_mode: str = "penalise"
+    default_data: str | None = None
+    default_target: str = "cycle"
+    default_split: str = "temporal"
+    seed_formulas: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        from search_spaces.operators import get_operator
+
+        for op in self.operators:
+            get_operator(op)
+        if self.loss not in LOSSES:
+            raise StepMLError(f"space {self.name}: unknown loss '{self.loss}'; valid: {', '.join(LOSSES)}")
+        if self.constraint_mode not in CONSTRAINT_MODES:
+            raise StepMLError(f"space {self.name}: unknown constraint mode '{self.constraint_mode}'; "
+                              f"valid: {', '.join(CONSTRAINT_MODES)}")
+
+
+def _declare() -> tuple[SearchSpace, ...]:
+    blackbox = "c0 + c1*prefill_tokens + c2*decode_tokens"
+    return (
+        SearchSpace(
+            "dense", "batch, KV and architecture features (simulator-available only)",
+            BATCH + KV + ARCH, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
+            seed_formulas=(blackbox, "c0 + c1*prefill_tokens + c2*decode_tokens + c3*kv_tokens")),
+        SearchSpace(
+            "moe", "dense features plus the MoE routing features",
+            BATCH + KV + ARCH + MOE, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
+            seed_formulas=(blackbox, "c0 + c1*scheduled_tokens + c2*active_experts + c3*kv_tokens")),
+        SearchSpace(
+            "roofline", "roofline basis terms (µs) combined with constants, max and min",
+            ROOFLINE, ("add", "mul", "max", "min"), max_size=21, max_depth=5, constant_range=(0.0, 2.0),
+            monotone_in=MONOTONE,
+            seed_formulas=("c0 + c1*max(rl_prefill_compute + rl_decode_compute, rl_weight_load + rl_kv_read)"
+                           " + c2*rl_allreduce",
+                           "c0 + c1*rl_weight_load + c2*rl_prefill_compute + c3*rl_kv_read")),
+        SearchSpace(
+            "linear", "the simulator's blackbox shape (c0 + c1·prefill + c2·decode), as a sanity check",
+            ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2,
+            seed_formulas=(blackbox,)),
+    )
+
+
+_SPACES: dict[str, SearchSpace] | None = None
+
+
+def spaces() -> Mapping[str, SearchSpace]:
+    """The registry: CLI name → space (built on first use)."""
+    global _SPACES
+    if _SPACES is None:
+        _SPACES = {s.name: s for s in _declare()}
+    return MappingProxyType(_SPACES)
+
+
+def get_space(name: str) -> SearchSpace:
+    """A space by name; an unknown name lists the valid ones."""
+    reg = spaces()
+    if name not in reg:
+        raise StepMLError(f"unknown search space '{name}'; valid: {', '.join(reg)}")
+    return reg[name]
