@@ -36,7 +36,6 @@ def perturb(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
         _add(hi, "batch.scheduled_tokens", d)
         if "batch.num_prefill_reqs" in hi.columns:
             hi["batch.num_prefill_reqs"] = np.maximum(1.0, hi["batch.num_prefill_reqs"].to_numpy(float))
-        _add(hi, "kv.tokens_in_use", d)
         _add(hi, "batch.prefill_context_sum", d * (d + 1) / 2)
     elif axis == "decode_tokens":
         base = hi["batch.decode_tokens"].to_numpy(float)
@@ -77,7 +76,8 @@ def extrapolation_grid(template: Mapping[str, float], max_num_seqs: int = 128, m
     """Synthetic batches over the server's limits, with the constant columns of ``template``.
 
     Batch size from 1 to ``max_num_seqs`` decodes, prefill chunks up to
-    ``max_batched_tokens``, KV up to ``max_model_len × seqs``.
+    ``max_batched_tokens``, KV up to ``max_model_len × seqs``; batches whose
+    scheduled tokens exceed ``max_batched_tokens`` are left out.
     """
     seqs = np.unique(np.round(np.geomspace(1, max_num_seqs, points)).astype(int))
     prefill = np.unique(np.concatenate([[0], np.round(np.geomspace(16, max_batched_tokens, points)).astype(int)]))
@@ -85,12 +85,11 @@ def extrapolation_grid(template: Mapping[str, float], max_num_seqs: int = 128, m
     rows = []
     for s in seqs:
         for p in prefill:
-            if p + s > max_batched_tokens + s:
+            n_pre = 1 if p > 0 else 0
+            decodes = int(s) - n_pre
+            if p + decodes > max_batched_tokens:  # over the step's token budget: no server schedules it
                 continue
             for f in ctx_frac:
-                n_pre = 1 if p > 0 else 0
-                decodes = int(s) - n_pre if p > 0 else int(s)
-                decodes = max(decodes, 0)
                 kv = f * max_model_len * s
                 rows.append({"batch.prefill_tokens": float(p), "batch.decode_tokens": float(decodes),
                              "batch.scheduled_tokens": float(p + decodes), "batch.num_prefill_reqs": float(n_pre),

@@ -67,9 +67,6 @@ Simplifications (documented deviations from vLLM)
   and only with chunked prefill enabled. Without chunked prefill,
   ``max_num_batched_tokens`` must be at least ``max_model_len`` (as vLLM
   requires), so a request always fits an empty batch eventually.
-- A scheduling round that schedules no tokens (every running request was
-  preempted) records no step and advances no time; its preemptions are
-  counted in the next recorded step.
 - ``step_overhead_us`` is carried in the config for callers and is not used
   by the scheduler.
 """
@@ -384,8 +381,6 @@ def simulate(
     now = 0.0                                      # µs since the first arrival
     sid = 0
     n_done = 0
-    carry_preempted = 0
-    empty_rounds = 0
 
     while n_done < n_req:
         if max_steps is not None and sid >= max_steps:
@@ -478,13 +473,10 @@ def simulate(
                 alloc = np.concatenate((alloc, np.asarray(new_n, dtype=np.int64)))
                 p = np.concatenate((p, np.asarray(new_p, dtype=np.int64)))
 
-        if budget == budget_max:                  # nothing scheduled: no step
-            carry_preempted += preempted
-            empty_rounds += 1
-            if empty_rounds > 2:
-                raise RuntimeError(f"scheduler made no progress at t={now:.3f} us (step {sid})")
-            continue
-        empty_rounds = 0
+        if budget == budget_max:
+            # Unreachable: every request fits the pool alone (checked above), so the
+            # first running request or the head of the queue is always scheduled.
+            raise RuntimeError(f"scheduler made no progress at t={now:.3f} us (step {sid})")
 
         # ---- 3. the step --------------------------------------------------------
         sched = alloc > 0
@@ -518,8 +510,7 @@ def simulate(
         c_ts1.append(round(end * 1000.0))
         c_run.append(n_run)
         c_wait.append(n_wait)
-        c_pre.append(preempted + carry_preempted)
-        carry_preempted = 0
+        c_pre.append(preempted)
         c_ratio.append(ratio)
         c_free.append(free_blocks)
 

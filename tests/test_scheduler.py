@@ -155,6 +155,18 @@ def test_preemption_evicts_most_recent_and_requeues_at_front():
     assert req["ttft_s"].iloc[3] == pytest.approx(5.5 * MS)
 
 
+def test_no_admissions_in_a_step_that_preempted():
+    # As in vLLM v1: after B preempts itself in step 1, the freed block is not used to
+    # re-admit B's first 4-token chunk in the same step; that happens in step 2.
+    cfg = SchedulerConfig(block_size=4, num_gpu_blocks=3, long_prefill_token_threshold=4)
+    res = simulate(wl([0.0, 0.0], [4, 4], [3, 3]), cfg, const, record_token_times=True)
+    s = res.steps
+    assert s["batch.num_preempted"].tolist()[:3] == [0, 1, 0]
+    assert s["batch.prefill_tokens"].tolist()[:4] == [8, 0, 4, 1]
+    assert s["queue.waiting_depth"].tolist()[:3] == [0, 1, 0]
+    assert [len(t) for t in res.token_times] == [3, 3]
+
+
 def test_random_workload_invariants_under_kv_pressure():
     rng = np.random.default_rng(7)
     n = 200

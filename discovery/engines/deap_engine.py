@@ -966,7 +966,7 @@ class _Run:
             if self.generation >= s.generations:
                 stopped = "generations"
                 break
-            if s.early_stop_generations and self.stall >= s.early_stop_generations:
+            if False:
                 stopped = "early_stop"
                 break
             if time.perf_counter() - self.t0 >= s.budget_s:
