@@ -150,8 +150,11 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     data = args.data if args.data is not None else space.default_data
     if data is None:
         echo("data: bundled SYNTHETIC demo data (give --data PATH for real traces)")
+    from features.describe import experiments_arg
+
     dataset = load_dataset(data, args.target or (space.default_target if dataset_kind_is_steps(data) else None),
-                           max_gap=args.max_gap, colmap=args.colmap, skip_bad_lines=args.skip_bad_lines)
+                           max_gap=args.max_gap, colmap=args.colmap, skip_bad_lines=args.skip_bad_lines,
+                           experiments=experiments_arg(args))
     spec = args.split or space.default_split
     data_hash = dataset.content_hash()
     splits = make_splits(dataset.frame, spec, data_hash)
@@ -165,7 +168,8 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     info: dict[str, Any] = {
         "space": space.name, "engines": engines, "data": dataset.label, "data_hash": data_hash,
         "synthetic": dataset.synthetic, "target": dataset.target, "split": spec, "fold": split.fold,
-        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap,
+        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap, "data_path": args.data,
+        "experiments": experiments_arg(args),
         "settings": {"budget_s": args.budget, "generations": args.generations, "population": args.population,
                      "islands": args.islands},
         "rows": {"train": int(len(split.train)), "val": int(len(split.val)), "test": int(len(split.test))},

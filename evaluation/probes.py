@@ -36,6 +36,7 @@ def perturb(frame: pd.DataFrame, axis: str) -> pd.DataFrame:
         _add(hi, "batch.scheduled_tokens", d)
         if "batch.num_prefill_reqs" in hi.columns:
             hi["batch.num_prefill_reqs"] = np.maximum(1.0, hi["batch.num_prefill_reqs"].to_numpy(float))
+        _add(hi, "kv.tokens_in_use", d)
         _add(hi, "batch.prefill_context_sum", d * (d + 1) / 2)
     elif axis == "decode_tokens":
         base = hi["batch.decode_tokens"].to_numpy(float)

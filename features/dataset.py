@@ -201,6 +201,17 @@ def _join_metadata(frame: pd.DataFrame, roots: list[Path]) -> tuple[pd.DataFrame
     return frame, metas
 
 
+def _keep_experiments(frame: pd.DataFrame, experiments: Iterable[str] | None, source: str) -> pd.DataFrame:
+    if experiments is None:
+        return frame
+    wanted = [str(e) for e in experiments]
+    have = set(frame["experiment_id"].astype(str))
+    unknown = [e for e in wanted if e not in have]
+    if unknown:
+        raise StepMLError(f"{source}: unknown experiment '{unknown[0]}'; valid: {', '.join(sorted(have))}")
+    return frame.loc[frame["experiment_id"].astype(str).isin(wanted)].reset_index(drop=True)
+
+
 def _check_rows(frame: pd.DataFrame, source: str) -> None:
     counts = frame.groupby("experiment_id").size()
     small = counts[counts < MIN_ROWS_PER_EXPERIMENT]
@@ -232,7 +243,7 @@ def _validate_target(frame: pd.DataFrame, target: str, source: str, derived: boo
 
 def load_dataset(path: str | Path | None = None, target: str | None = None, *,
                  max_gap: int = DEFAULT_MAX_GAP, colmap: str | Path | None = None,
-                 skip_bad_lines: bool = False) -> Dataset:
+                 skip_bad_lines: bool = False, experiments: Iterable[str] | None = None) -> Dataset:
     """Load data from ``path`` (or the bundled demo data) into a :class:`Dataset`.
 
     Parameters
@@ -247,6 +258,8 @@ def load_dataset(path: str | Path | None = None, target: str | None = None, *,
         Column map for non-step tables.
     skip_bad_lines : bool
         Skip (and count) malformed JSON lines instead of failing.
+    experiments : iterable of str, optional
+        Keep only these experiment ids (an unknown id lists the valid ones).
     """
     if path is None:
         from features.demo import demo_steps
@@ -263,7 +276,7 @@ def load_dataset(path: str | Path | None = None, target: str | None = None, *,
         raw = None
     if cmap is not None:
         table = read_table(Path(path))
-        frame = apply_colmap(table, cmap, source)
+        frame = _keep_experiments(apply_colmap(table, cmap, source), experiments, source)
         frame = coerce_columns(frame, source)
         _check_rows(frame, source)
         chosen = target_column(target or "target.value_us", frame.columns)
@@ -273,6 +286,7 @@ def load_dataset(path: str | Path | None = None, target: str | None = None, *,
 
     if raw is None:
         raw = read_steps_path(Path(path), skip_bad_lines=skip_bad_lines)
+    raw = _keep_experiments(raw, experiments, source)
     excluded = tuple(c for c in raw.columns if c in LEAKY_COLUMNS or c in ANALYSIS_COLUMNS)
     raw = raw.drop(columns=[c for c in ANALYSIS_COLUMNS if c in raw.columns])
     frame = coerce_columns(raw, source)

@@ -35,12 +35,19 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--colmap", default=None, help="column map for other tables: a shipped name or a .toml path")
     parser.add_argument("--max-gap", type=int, default=10, help="largest step-id gap for the cycle target (default 10)")
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSON lines")
+    parser.add_argument("--experiments", default=None, help="comma-separated experiment ids to keep (default: all)")
 
 
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
     """Load the dataset named by the shared data options."""
     return load_dataset(args.data, args.target, max_gap=args.max_gap, colmap=args.colmap,
-                        skip_bad_lines=args.skip_bad_lines)
+                        skip_bad_lines=args.skip_bad_lines, experiments=experiments_arg(args))
+
+
+def experiments_arg(args: argparse.Namespace) -> list[str] | None:
+    """The ``--experiments`` list, or None."""
+    value = getattr(args, "experiments", None)
+    return [e.strip() for e in value.split(",") if e.strip()] if value else None
 
 
 def _clean(value: Any) -> Any:

@@ -88,12 +88,13 @@ def _declare() -> tuple[SearchSpace, ...]:
     blackbox = "c0 + c1*prefill_tokens + c2*decode_tokens"
     return (
         SearchSpace(
-            "dense", "batch, KV and architecture features (simulator-available only)",
-            BATCH + KV + ARCH, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
+            "dense", "batch, KV and architecture features, and the roofline terms built from them "
+                     "(simulator-available only)",
+            BATCH + KV + ARCH + ROOFLINE, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
             seed_formulas=(blackbox, "c0 + c1*prefill_tokens + c2*decode_tokens + c3*kv_tokens")),
         SearchSpace(
             "moe", "dense features plus the MoE routing features",
-            BATCH + KV + ARCH + MOE, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
+            BATCH + KV + ARCH + ROOFLINE + MOE, ARITHMETIC + ("max", "min", "square", "sqrt"), max_size=25, max_depth=6,
             seed_formulas=(blackbox, "c0 + c1*scheduled_tokens + c2*active_experts + c3*kv_tokens")),
         SearchSpace(
             "roofline", "roofline basis terms (µs) combined with constants, max and min",

@@ -357,6 +357,25 @@ def constrained_loss(loss: float, violation: float, mode: str) -> float:
     raise StepMLError(f"unknown constraint mode '{mode}'; valid: penalise, reject, off")
 
 
+_BLAS_PINNED = False
+
+
+def _pin_worker_blas() -> None:
+    """In a worker process, limit BLAS to one thread (once), as :meth:`DeapEngine.search` does around
+    in-process evaluation: dot products then round identically wherever a tree is evaluated."""
+    global _BLAS_PINNED
+    import multiprocessing
+
+    if _BLAS_PINNED or multiprocessing.parent_process() is None:
+        return
+    _BLAS_PINNED = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional
+        return
+    threadpool_limits(limits=1)
+
+
 class TreeEvaluator:
     """Evaluates DEAP tree strings on a problem's training rows (picklable; see the module docstring).
 
@@ -424,15 +443,9 @@ class TreeEvaluator:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # An unpickled evaluator lives in a worker process: pin BLAS to one thread there, as
-        # DeapEngine.search does in the calling process, so dot products round identically.
         self.__dict__.update(state)
         self._setup()
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(limits=1)
-        except ImportError:  # optional
-            pass
+        _pin_worker_blas()
 
     # -- evaluation --------------------------------------------------------------------------
     def compile(self, nodes: Sequence[tuple[int, Any]]) -> Callable[..., Any]:
@@ -649,6 +662,7 @@ class _Run:
         self.node_evals = 0
         self.t0 = time.perf_counter()
         self.stats: dict[str, Any] = {}
+        self._fp: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _primitive_set(self) -> gp.PrimitiveSet:
@@ -661,11 +675,20 @@ class _Run:
         return pset
 
     def _fingerprint(self) -> dict[str, Any]:
+        if self._fp is not None:
+            return self._fp
+        import hashlib
+
+        digest = hashlib.sha256(self.evaluator.y.tobytes())
+        for column in self.evaluator.X:
+            digest.update(column.tobytes())
         keep = ("population", "islands", "seed", "crossover_prob", "mutation_prob", "mutation_weights",
                 "tournament_size", "constant_prob", "const_opt_max_nfev", "migration_interval", "migration_size")
-        return {"features": self.evaluator.symbols, "operators": tuple(self.space.operators),
-                "max_size": self.max_size, "max_depth": self.max_depth, "rows": int(self.evaluator.y.shape[0]),
+        self._fp = {"features": self.evaluator.symbols, "operators": tuple(self.space.operators),
+                "max_size": self.max_size, "max_depth": self.max_depth, "constraint_mode": self.evaluator.mode,
+                "data": digest.hexdigest()[:16],
                 "settings": {k: v for k, v in asdict(self.s).items() if k in keep}}
+        return self._fp
 
     # -- trees ---------------------------------------------------------------------------------
     def _const(self, value: float) -> gp.Terminal:
@@ -966,7 +989,7 @@ class _Run:
             if self.generation >= s.generations:
                 stopped = "generations"
                 break
-            if False:
+            if s.early_stop_generations and self.stall >= s.early_stop_generations:
                 stopped = "early_stop"
                 break
             if time.perf_counter() - self.t0 >= s.budget_s:

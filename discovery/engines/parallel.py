@@ -60,13 +60,12 @@ def _dumps(fn: Any) -> bytes:
         return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _cached_fn(key: str, blob: bytes | None, fn: Any = None) -> Any:
+def _cached_fn(key: str, blob: bytes) -> Any:
     cached = _FN_CACHE.get(key)
     if cached is not None:
         _FN_CACHE.move_to_end(key)
         return cached
-    if fn is None:
-        fn = pickle.loads(blob)  # type: ignore[arg-type]
+    fn = pickle.loads(blob)
     _FN_CACHE[key] = fn
     while len(_FN_CACHE) > _FN_CACHE_SIZE:
         _FN_CACHE.popitem(last=False)

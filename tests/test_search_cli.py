@@ -1,0 +1,100 @@
+"""discovery.search and discovery.review as a user runs them (small budgets, demo data)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from discovery import review, search
+from features.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--generations", "3", "--population", "24", "--islands", "1", "--budget", "60", "--quiet"]
+
+
+def _run(main, argv):
+    with pytest.raises(SystemExit) as exc:
+        run(main, argv, prog="test")
+    return exc.value.code
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "a"
+    assert _run(search.main, ["--space", "linear", "--seed", "3", "--run-dir", str(path)] + SMALL) == 0
+    return path
+
+
+def test_run_directory_has_pysr_style_hall_of_fame(run_dir):
+    hof = pd.read_csv(run_dir / "hall_of_fame.csv")
+    assert list(hof.columns[:10]) == ["Complexity", "Loss", "Equation", "score", "val_mape", "test_mape", "mspe",
+                                      "n_constants", "sympy", "engine"]
+    assert hof["front"].any()
+    assert (hof["engine"] == "deap").all()
+    front = hof[hof["front"]].sort_values("Complexity")
+    assert front["val_mape"].is_monotonic_decreasing
+    info = json.loads((run_dir / "run.json").read_text())
+    for key in ("space", "data", "data_hash", "target", "split", "seed", "settings", "packages", "wall_s", "generations"):
+        assert key in info
+    assert info["synthetic"] is True and info["space"] == "linear" and info["seed"] == 3
+    assert list(run_dir.glob("*.npz")), "splits are saved beside the run"
+
+
+def test_linear_space_finds_the_blackbox_shape(run_dir):
+    hof = pd.read_csv(run_dir / "hall_of_fame.csv")
+    best = hof.loc[hof["val_mape"].idxmin()]
+    assert "prefill_tokens" in best["Equation"] and "decode_tokens" in best["Equation"]
+
+
+def test_same_seed_gives_identical_hall_of_fame(run_dir, tmp_path):
+    again = tmp_path / "b"
+    assert _run(search.main, ["--space", "linear", "--seed", "3", "--run-dir", str(again)] + SMALL) == 0
+    assert (again / "hall_of_fame.csv").read_bytes() == (run_dir / "hall_of_fame.csv").read_bytes()
+
+
+def test_existing_run_is_never_overwritten(run_dir, capsys):
+    before = (run_dir / "hall_of_fame.csv").read_bytes()
+    assert _run(search.main, ["--space", "linear", "--run-dir", str(run_dir)] + SMALL) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "hall_of_fame.csv").read_bytes() == before
+
+
+def test_resume_needs_a_checkpoint(tmp_path, capsys):
+    assert _run(search.main, ["--space", "linear", "--resume", "--run-dir", str(tmp_path / "none")] + SMALL) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_review_marks_selections_and_writes_files(run_dir, capsys):
+    assert _run(review.main, [str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    for mark in ("best", "accuracy", "knee"):
+        assert mark in out
+    assert (run_dir / "pareto.png").stat().st_size > 1000
+    assert (run_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (run_dir / "report.md").read_text()
+    assert "SYNTHETIC" in text and "| row |" in text
+
+
+def test_review_of_a_non_run_is_an_error(tmp_path, capsys):
+    assert _run(review.main, [str(tmp_path)]) == 2
+    assert "hall_of_fame.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--space", "nope"], "valid: dense, moe, roofline, linear"),
+    (["--space", "linear", "--engine", "nope"], "unknown engine 'nope'; valid: deap"),
+    (["--space", "linear", "--data", "/no/such/file.parquet"], "data not found"),
+    (["--space", "linear", "--split", "bogus"], "unknown split 'bogus'"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "discovery.search", *argv, "--run-dir", str(tmp_path / "r"), *SMALL],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "r" / "hall_of_fame.csv").exists()
