@@ -168,7 +168,7 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     info: dict[str, Any] = {
         "space": space.name, "engines": engines, "data": dataset.label, "data_hash": data_hash,
         "synthetic": dataset.synthetic, "target": dataset.target, "split": spec, "fold": split.fold,
-        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap, "data_path": args.data,
+        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap, "data_path": str(Path(args.data).resolve()) if args.data else None,
         "experiments": experiments_arg(args),
         "settings": {"budget_s": args.budget, "generations": args.generations, "population": args.population,
                      "islands": args.islands},

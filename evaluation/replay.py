@@ -65,8 +65,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluation.latency_metrics import (LATENCY_METRICS, LifecycleSummary, Ragged, read_lifecycle_report,
-                                        relative_error, sse_line_times, summarize_lifecycle)
+from evaluation.latency_metrics import (LATENCY_METRICS, LifecycleSummary, Ragged, end_tail_s,
+                                        read_lifecycle_report, relative_error, sse_line_times,
+                                        summarize_lifecycle)
 from evaluation.scheduler import SchedulerConfig, simulate
 from evaluation.workloads import (STAGE_WARMUP_S, Profile, experiment_profile, place_stages,
                                   requests_from_profile, to_workload)
@@ -74,8 +75,8 @@ from features.errors import StepMLError
 from features.metadata import (ExperimentMeta, arch_columns, default_data_root, experiment_meta,
                                find_experiment_dir, load_server_config, metadata_roots, parse_experiment_name)
 
-__all__ = ["ReplayResult", "replay_experiment", "scheduler_config", "kv_blocks_for", "estimate_kv_blocks",
-           "step_time_function", "main", "ERROR_KEYS"]
+__all__ = ["ReplayResult", "replay_experiment", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
+           "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS"]
 
 BLOCK_SIZE = 16
 GPU_MEMORY_UTILIZATION = 0.9
@@ -196,9 +197,10 @@ def _roots_for(exp_dir: Path, data_root: Path | None) -> list[Path]:
 
 def _meta(exp_dir: Path, roots: list[Path]) -> ExperimentMeta:
     exp_id = exp_dir.name
-    meta = experiment_meta(exp_id, roots)
+    server = load_server_config(exp_dir / "exp-config.yaml")
+    tp = None if parse_experiment_name(exp_id) else server.tp
+    meta = experiment_meta(exp_id, roots, tp=tp)
     if meta.directory is None or meta.directory.resolve() != exp_dir.resolve():
-        server = load_server_config(exp_dir / "exp-config.yaml")
         meta = ExperimentMeta(meta.experiment_id, meta.model, meta.workload, meta.tp, exp_dir, server,
                               meta.arch, meta.hardware)
     return meta
@@ -258,16 +260,29 @@ def kv_blocks_for(meta: ExperimentMeta, roots: list[Path]) -> tuple[int | None, 
 
 
 def step_time_function(predictor: Any, constants: Mapping[str, Any]):
-    """``feats -> µs``: the predictor on the experiment constants plus one step's columns."""
+    """``feats -> µs``: the predictor on the experiment constants plus one step's columns.
+
+    Every call builds a fresh one-row column dict — each value a length-1 array, the
+    form every predictor accepts (``FormulaPredictor`` rejects 0-d scalars) — and
+    predicts it; nothing is cached between steps.
+    """
     predict = predictor.predict
-    base = dict(constants)
+    base = {k: np.asarray([v]) for k, v in constants.items()}
+    name = str(getattr(predictor, "name", type(predictor).__name__))
+    array = np.array
 
     def step_time_us(features: dict[str, float]) -> float:
         columns = dict(base)
-        columns.update(features)
-        with np.errstate(all="ignore"):
-            value = predict(columns)
-        return float(np.asarray(value, dtype=float).reshape(-1)[0])
+        for key, value in features.items():
+            columns[key] = array([value], dtype=float)
+        try:
+            with np.errstate(all="ignore"):
+                value = predict(columns)
+            return float(np.asarray(value, dtype=float).reshape(-1)[0])
+        except StepMLError:
+            raise
+        except Exception as exc:  # a predictor bug must still end as one line
+            raise StepMLError(f"predictor {name} failed on a simulated step ({type(exc).__name__}: {exc})") from None
 
     return step_time_us
 
@@ -515,3 +530,217 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return _clean(value.item())
     return value
+
+
+# -- calibration of the client-side overheads -------------------------------------------------------
+
+def calibrate_overheads(exp_dir: str | Path, predictor: Any, seed: int = 0, **kwargs: Any) -> dict[str, float]:
+    """Client overheads that make a replay of ``exp_dir`` match its measured report.
+
+    Replays the experiment with zero overheads, then returns
+    ``queue_overhead_s`` = measured − predicted *median* TTFT of the whole run (>= 0;
+    the median, because the mean is dominated by a few queueing bursts in the tail;
+    the time between the client's send and the scheduler seeing the request that
+    the simulator does not model: HTTP, tokenisation, vLLM's one-step-ahead
+    async scheduling, streaming back) and ``end_overhead_s`` = the measured gap
+    between the last line and the request end (:func:`~evaluation.latency_metrics.end_tail_s`).
+    Use it on the experiment the predictor was fitted on, then replay the others
+    with the returned values.
+    """
+    result = replay_experiment(exp_dir, predictor, seed, **kwargs)
+    meas = result.measured.get("summary")
+    if meas is None:
+        raise StepMLError(f"{Path(exp_dir).name}: no measured summary to calibrate the overheads on")
+    pred = result.predicted["summary"]
+    queue = meas.time_to_first_token.median - pred.time_to_first_token.median
+    out_len = experiment_profile(exp_dir).data.output_len
+    tail = end_tail_s(meas, out_len)
+    return {"queue_overhead_s": max(0.0, float(queue)) if math.isfinite(queue) else 0.0,
+            "end_overhead_s": max(0.0, float(tail)) if math.isfinite(tail) else 0.0}
+
+
+# -- predictors ---------------------------------------------------------------------------------------
+
+_PICKS = ("best", "accuracy", "knee", "score")
+
+
+def load_predictor(spec: str, fit_data: str | Path | None = None,
+                   fit_experiments: Sequence[str] | None = None) -> Any:
+    """A predictor from a CLI spec: ``RUN_DIR[:ROW]``, ``baseline:NAME`` or an artifact path.
+
+    ``RUN_DIR[:ROW]``: the run's front row ``ROW`` (``best`` default, ``accuracy``,
+    ``knee`` or a row number) as a :class:`~evaluation.predictors.FormulaPredictor`.
+    ``baseline:NAME``: that baseline fitted on the cycle target of ``fit_data``
+    (default: the shared BLIS step table) restricted to ``fit_experiments``.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise StepMLError("--predictor is empty")
+    if spec.startswith("baseline:"):
+        return _fit_baseline(spec.split(":", 1)[1], fit_data, fit_experiments)
+    path_part, row = spec, "best"
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and (tail in _PICKS or tail.isdigit()):
+        path_part, row = head, tail
+    if path_part.endswith(".json"):
+        raise StepMLError(f"predictor artifact {path_part}: exported .json predictors are not supported yet "
+                          "(use RUN_DIR[:ROW] or baseline:NAME)")
+    run_dir = Path(path_part)
+    if not run_dir.is_dir():
+        raise StepMLError(f"predictor not found: {path_part} (expected RUN_DIR[:ROW] or baseline:NAME)")
+    from discovery.review import front_of, pick_row
+    from discovery.rundir import expr_of, read_hof
+    from evaluation.predictors import FormulaPredictor
+    from features import catalog
+
+    front = front_of(read_hof(run_dir))
+    k = pick_row(front, row)
+    expr = expr_of(front.iloc[k])
+    name = f"{run_dir.name}:{row}"
+    if not expr.free_symbols:
+        # FormulaPredictor cannot size a constant formula evaluated on one step's dict
+        return _ConstantPredictor(float(expr), name)
+    return FormulaPredictor(expr, tuple(catalog.registry()), name=name)
+
+
+@dataclass(frozen=True)
+class _ConstantPredictor:
+    """A constant step time (a front's complexity-1 row)."""
+
+    value: float
+    name: str = "constant"
+
+    def predict(self, columns: Mapping[str, Any]) -> np.ndarray:
+        from evaluation.predictors import n_rows
+
+        return np.full(n_rows(columns), self.value, dtype=float)
+
+
+def _fit_baseline(name: str, fit_data: str | Path | None, fit_experiments: Sequence[str] | None) -> Any:
+    from evaluation.baselines import fit_baseline, make_baseline
+    from features.dataset import load_dataset
+
+    make_baseline(name)                                 # unknown names fail before loading data
+    path = Path(fit_data) if fit_data else default_data_root() / STEP_TABLE
+    if not path.exists():
+        raise StepMLError(f"fit data not found: {path} (give --fit-data)")
+    dataset = load_dataset(path, "cycle")
+    ids = dataset.frame["experiment_id"].astype(str).to_numpy()
+    if fit_experiments:
+        wanted = [str(e) for e in fit_experiments]
+        unknown = [e for e in wanted if e not in set(ids)]
+        if unknown:
+            raise StepMLError(f"--fit-experiments: {', '.join(unknown)} not in {path} "
+                              f"(has: {', '.join(sorted(set(ids)))})")
+        rows = np.flatnonzero(np.isin(ids, wanted))
+    else:
+        rows = np.arange(len(ids))
+    model = fit_baseline(name, dataset, rows)
+    if fit_experiments:
+        model.name = f"{name}[{','.join(fit_experiments)}]"
+    return model
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+def _resolve_experiment(arg: str) -> Path:
+    path = Path(arg)
+    if path.is_dir():
+        return path
+    found = find_experiment_dir(arg, [default_data_root()])
+    if found is not None:
+        return found
+    raise StepMLError(f"experiment directory not found: {arg}")
+
+
+def format_result(result: ReplayResult) -> str:
+    """Text report of one replay: per window and metric, predicted vs measured mean / p90 / p99 (ms)."""
+    lines = [f"experiment {result.experiment_id}   predictor {result.predictor}   seed {result.seed}",
+             f"  {len(result.requests)} requests, {result.num_steps} steps, KV {result.kv_blocks} blocks "
+             f"({result.kv_source}), inputs {result.input_offset:+d} tokens, replay {result.wall_seconds:.1f} s"]
+    head = (f"  {'window':<8} {'metric':<6} {'pred mean':>10} {'meas mean':>10} {'err%':>7} {'|err|%':>7} "
+            f"{'pred p90':>9} {'meas p90':>9} {'err%':>7} {'pred p99':>9} {'meas p99':>9} {'err%':>7}")
+    lines.append(head)
+    for window, pred in result.predicted.items():
+        meas = result.measured.get(window)
+        for name in LATENCY_METRICS:
+            p = pred.metric(name)
+            m = meas.metric(name) if meas else None
+            cells = [f"  {window:<8} {_SHORT[name]:<6}"]
+            for stat in ("mean", "p90", "p99"):
+                pv = getattr(p, stat) * 1e3
+                mv = getattr(m, stat) * 1e3 if m else float("nan")
+                err = relative_error(pv, mv)
+                width = 10 if stat == "mean" else 9
+                cells.append(f"{pv:>{width}.2f} {mv:>{width}.2f} {err:>+7.1f}")
+                if stat == "mean":
+                    cells.append(f"{abs(err):>7.1f}")
+            lines.append(" ".join(cells))
+        thr_p = pred.requests_per_sec
+        thr_m = meas.requests_per_sec if meas else float("nan")
+        err = relative_error(thr_p, thr_m)
+        lines.append(f"  {window:<8} {'req/s':<6} {thr_p:>10.3f} {thr_m:>10.3f} {err:>+7.1f} {abs(err):>7.1f}")
+    lines.append("  (latencies in ms; err% = 100 (pred - meas) / meas)")
+    for note in result.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.replay",
+        description="Replay inference-perf experiments with a step-time predictor; compare request latencies.")
+    parser.add_argument("--predictor", required=True, help="RUN_DIR[:ROW] (ROW = best|accuracy|knee|N) or baseline:NAME")
+    parser.add_argument("--experiments", required=True, nargs="+", metavar="DIR",
+                        help="experiment directories (blis/experiments/<id>) or experiment ids")
+    parser.add_argument("--fit-data", default=None,
+                        help="step data a baseline is fitted on (default: <data root>/blis/steps/enriched_steps.parquet)")
+    parser.add_argument("--fit-experiments", default=None, help="comma-separated experiment ids to fit a baseline on")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    parser.add_argument("--queue-overhead-s", type=float, default=0.0, help="client send -> scheduler delay (s)")
+    parser.add_argument("--post-overhead-s", type=float, default=0.0, help="step end -> client delay per token (s)")
+    parser.add_argument("--end-overhead-s", type=float, default=0.0, help="last streamed line -> request end (s)")
+    parser.add_argument("--calibrate-on", default=None, metavar="DIR",
+                        help="derive the queue and end overheads from this experiment's measurements first")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m evaluation.replay``."""
+    args = build_parser().parse_args(argv)
+    fit_exps = [e.strip() for e in args.fit_experiments.split(",") if e.strip()] if args.fit_experiments else None
+    for label, value in (("--queue-overhead-s", args.queue_overhead_s), ("--post-overhead-s", args.post_overhead_s),
+                         ("--end-overhead-s", args.end_overhead_s)):
+        if not (math.isfinite(value) and value >= 0):
+            raise StepMLError(f"{label} must be a finite number >= 0, got {value}")
+    experiments = [_resolve_experiment(e) for e in args.experiments]
+    predictor = load_predictor(args.predictor, args.fit_data, fit_exps)
+    overheads = {"queue_overhead_s": args.queue_overhead_s, "post_overhead_s": args.post_overhead_s,
+                 "end_overhead_s": args.end_overhead_s}
+    calibration = None
+    if args.calibrate_on:
+        calibration = calibrate_overheads(_resolve_experiment(args.calibrate_on), predictor, args.seed)
+        overheads.update(calibration)
+        if not args.json:
+            print(f"calibrated on {Path(args.calibrate_on).name}: queue overhead "
+                  f"{calibration['queue_overhead_s'] * 1e3:.2f} ms, end overhead {calibration['end_overhead_s'] * 1e3:.2f} ms")
+    results = {}
+    for exp in experiments:
+        result = replay_experiment(exp, predictor, args.seed, overheads["queue_overhead_s"],
+                                   overheads["post_overhead_s"], end_overhead_s=overheads["end_overhead_s"])
+        results[result.experiment_id] = result
+        if not args.json:
+            print(format_result(result))
+            print()
+    if args.json:
+        print(json.dumps({"predictor": str(getattr(predictor, "name", "")), "seed": args.seed,
+                          "overheads": overheads, "calibrated_on": args.calibrate_on,
+                          "experiments": {k: r.to_json_dict() for k, r in results.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    from features.cli import run
+
+    run(main, prog="evaluation.replay")

@@ -18,9 +18,23 @@ def _deap(settings: dict[str, Any]) -> Any:
     return DeapEngine(DeapSettings(**settings))
 
 
+def _operon(settings: dict[str, Any]) -> Any:
+    from discovery.engines.operon_engine import OperonEngine, OperonSettings
+
+    return OperonEngine(OperonSettings(**settings))
+
+
+def _pysr(settings: dict[str, Any]) -> Any:
+    from discovery.engines.pysr_engine import PySREngine
+
+    return PySREngine(settings)
+
+
 #: CLI name → factory taking a dict of settings.
 ENGINES: Mapping[str, Callable[[dict[str, Any]], Any]] = MappingProxyType({
     "deap": _deap,
+    "operon": _operon,
+    "pysr": _pysr,
 })
 
 

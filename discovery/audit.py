@@ -1,0 +1,342 @@
+"""``python -m discovery.audit [EXPORTED_DIR] [--json]``: an audit of an exported formula for reviewers.
+
+Writes ``AUDIT.md`` and PNG plots into the export folder:
+
+- the formula in LaTeX and each term's meaning, unit and definition;
+- invariants: INV-M-1 positive for every non-empty batch and 0 for the empty
+  batch; INV-M-2 deterministic; INV-M-3 no side effects; INV-M-4 prediction
+  time < 1 ms at batch 128; INV-M-5 monotone in prefill, decode and KV tokens
+  (fraction of violating probe pairs on an extrapolation grid over the
+  server's limits); INV-M-6 |MSPE| < 5 % on validation;
+- errors per experiment, model and workload with bootstrap CIs against the
+  baselines (and Wilcoxon p-values of per-experiment errors);
+- residual plots, behaviour outside the training range, the effect of constant rounding.
+
+``--json`` prints ``{"invariants": {...}, "metrics": {...}}``. Exit status 0 when
+every invariant passes, 1 when any fails (2 for bad input).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.cli import run
+from features.errors import StepMLError
+from features.io import atomic_write_bytes, atomic_write_text
+
+BASELINES = ("naive", "blackbox", "blackbox-per-exp", "roofline-cal", "gbt")
+FORBIDDEN = ("open(", "import os", "import sys", "subprocess", "socket", "global ", "exec(", "eval(", "__import__",
+             "write(", "print(")
+
+
+def latest_export(root: Path = Path("exported")) -> Path:
+    """The most recent export folder (by artifact.json mtime)."""
+    found = [p.parent for p in root.glob("*/artifact.json")]
+    if not found:
+        raise StepMLError(f"no exports under {root}/; run `python -m discovery.export` first")
+    return max(found, key=lambda p: ((p / "artifact.json").stat().st_mtime, p.name))
+
+
+def _server_limits(dataset) -> tuple[int, int, int]:
+    for meta in dataset.experiments.values():
+        if meta.server is not None:
+            return meta.server.max_num_seqs, meta.server.max_num_batched_tokens, meta.server.max_model_len
+    return 128, 2048, 4096
+
+
+def _template(dataset) -> dict[str, float]:
+    row = dataset.frame.iloc[0]
+    return {c: float(row[c]) for c in dataset.frame.columns if c.startswith(("arch.", "hw."))}
+
+
+def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split) -> dict[str, dict[str, Any]]:
+    """Check INV-M-1 … INV-M-6; each entry ``{"pass": bool, "value": ..., "detail": str}``."""
+    from evaluation.metrics import mspe
+    from evaluation.probes import AXES, extrapolation_grid, perturb
+
+    seqs, tokens, model_len = _server_limits(dataset)
+    grid = extrapolation_grid(_template(dataset), seqs, tokens, model_len)
+    grid_pred = predictor.predict(grid)
+    data_pred = predictor.predict(dataset.frame)
+    nonempty = grid["batch.scheduled_tokens"].to_numpy() > 0
+    empty = dict(grid.iloc[0])
+    empty.update({"batch.prefill_tokens": 0.0, "batch.decode_tokens": 0.0, "batch.scheduled_tokens": 0.0,
+                  "batch.num_prefill_reqs": 0.0, "batch.num_decode_reqs": 0.0, "kv.tokens_in_use": 0.0,
+                  "batch.decode_context_sum": 0.0, "batch.prefill_context_sum": 0.0})
+    empty_pred = float(predictor.predict({k: np.array([v]) for k, v in empty.items()})[0])
+    positive = bool(np.all(np.isfinite(grid_pred[nonempty])) and np.all(grid_pred[nonempty] > 0)
+                    and np.all(np.isfinite(data_pred)) and np.all(data_pred > 0))
+    out: dict[str, dict[str, Any]] = {}
+    out["INV-M-1"] = {"pass": positive and empty_pred == 0.0,
+                      "value": {"min_nonempty_us": float(np.min(grid_pred[nonempty])), "empty_batch_us": empty_pred},
+                      "detail": "positive on every non-empty grid batch and data row; 0 for the empty batch"}
+    again = predictor.predict(grid)
+    py_a, py_b = _run_formula_py(export_dir), _run_formula_py(export_dir)
+    out["INV-M-2"] = {"pass": bool(np.array_equal(grid_pred, again) and py_a["values"] == py_b["values"]),
+                      "value": {"repeat_equal": bool(np.array_equal(grid_pred, again))},
+                      "detail": "same inputs give bit-identical outputs (artifact predictor and formula.py)"}
+    source = (export_dir / "formula.py").read_text()
+    flagged = [tok for tok in FORBIDDEN if tok in source.split('"""', 2)[-1]]
+    out["INV-M-3"] = {"pass": not flagged and py_a["created_files"] == [],
+                      "value": {"forbidden_tokens": flagged, "created_files": py_a["created_files"]},
+                      "detail": "formula.py has no I/O, globals or imports beyond math; running it creates no files"}
+    out["INV-M-4"] = {"pass": py_a["per_call_ms"] < 1.0, "value": {"per_call_ms": py_a["per_call_ms"]},
+                      "detail": "formula.py predict() on a batch of 128 requests, median of 200 calls"}
+    frac = {}
+    for axis in AXES:
+        if axis == "prefill_tokens" and "batch.prefill_tokens" not in grid.columns:
+            continue
+        hi = perturb(grid, axis)
+        lo_p, hi_p = grid_pred, predictor.predict(hi)
+        ok = nonempty & np.isfinite(lo_p) & np.isfinite(hi_p)
+        frac[axis] = float(np.mean(hi_p[ok] < lo_p[ok] - 1e-9 * np.abs(lo_p[ok]))) if ok.any() else 0.0
+    out["INV-M-5"] = {"pass": all(v == 0.0 for v in frac.values()), "value": frac,
+                      "detail": f"violating probe pairs on a grid of {int(nonempty.sum())} batches "
+                                f"(batch 1..{seqs}, tokens ≤ {tokens}, KV ≤ {model_len}×seqs)"}
+    val = split.val
+    m = float(mspe(dataset.y[val], data_pred[val]))
+    out["INV-M-6"] = {"pass": bool(abs(m) < 5.0), "value": m, "detail": "|MSPE| on the validation part < 5 %"}
+    return out
+
+
+def _run_formula_py(export_dir: Path) -> dict[str, Any]:
+    """Import formula.py in a fresh interpreter in an empty folder; time predict() at batch 128."""
+    features = json.loads((export_dir / "artifact.json").read_text())["features"]
+    names = [f["name"] for f in features]
+    vectors = pd.read_csv(export_dir / "test_vectors.csv")
+    code = (
+        "import importlib.util, json, os, sys, time\n"
+        f"spec = importlib.util.spec_from_file_location('formula', {str(export_dir / 'formula.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        f"rows = {vectors[names].to_dict('records')!r}\n"
+        "vals = [m.predict(**r) for r in rows]\n"
+        "x = dict(rows[-1]) if rows else {}\n"
+        "t = []\n"
+        "for _ in range(200):\n"
+        "    s = time.perf_counter(); m.predict(**x); t.append(time.perf_counter() - s)\n"
+        "t.sort()\n"
+        "print(json.dumps({'values': [repr(v) for v in vals], 'per_call_ms': t[len(t)//2] * 1e3,\n"
+        "                  'created_files': sorted(os.listdir('.'))}))\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise StepMLError(f"formula.py failed to run: {proc.stderr.strip().splitlines()[-1] if proc.stderr else '?'}")
+    return json.loads(proc.stdout)
+
+
+def comparison(predictor, dataset, split, seed: int = 0) -> dict[str, Any]:
+    """Test errors per experiment/model/workload with CIs for the formula and each baseline."""
+    from evaluation.baselines import fit_baseline
+    from evaluation.metrics import wilcoxon_p
+    from evaluation.scorer import score
+
+    cards = {"formula": score(predictor, dataset, split, ci=True, seed=seed)}
+    notes = []
+    for name in BASELINES:
+        try:
+            cards[name] = score(fit_baseline(name, dataset, split.train), dataset, split, ci=True, seed=seed)
+        except StepMLError as exc:
+            notes.append(f"{name}: {exc}")
+    out: dict[str, Any] = {"overall": {}, "groups": {}, "wilcoxon_p": {}, "notes": notes}
+    for label, card in cards.items():
+        out["overall"][label] = {p: {"mape": card.overall[p]["mape"], "mspe": card.overall[p]["mspe"],
+                                     "ci": card.overall[p].get("mape_ci")} for p in ("val", "test")}
+        for col in ("experiment_id", "model", "workload", "phase"):
+            for group, m in card.groups.get(("test", col), {}).items():
+                out["groups"].setdefault(col, {}).setdefault(group, {})[label] = {
+                    "mape": m["mape"], "ci": m.get("mape_ci"), "n": m["n"]}
+    formula_exp = cards["formula"].group_metric("test", "experiment_id")
+    for label, card in cards.items():
+        if label == "formula":
+            continue
+        other = card.group_metric("test", "experiment_id")
+        keys = sorted(set(formula_exp) & set(other))
+        out["wilcoxon_p"][label] = wilcoxon_p([formula_exp[k] for k in keys], [other[k] for k in keys])
+    return out
+
+
+def outside_range(predictor, dataset, split) -> dict[str, Any]:
+    """How the formula behaves on the extrapolation grid beyond the training range."""
+    from evaluation.probes import extrapolation_grid
+
+    seqs, tokens, model_len = _server_limits(dataset)
+    grid = extrapolation_grid(_template(dataset), seqs, tokens, model_len)
+    pred = predictor.predict(grid)
+    train = dataset.frame.iloc[split.train]
+    beyond = np.zeros(len(grid), dtype=bool)
+    ranges = {}
+    for col in ("batch.prefill_tokens", "batch.decode_tokens", "kv.tokens_in_use"):
+        if col in train.columns:
+            lo, hi = float(train[col].min()), float(train[col].max())
+            ranges[col] = [lo, hi]
+            beyond |= (grid[col].to_numpy() > hi) | (grid[col].to_numpy() < lo)
+    ytr = dataset.y[split.train]
+    return {"grid_points": int(len(grid)), "beyond_training_range": int(beyond.sum()), "training_ranges": ranges,
+            "prediction_min_us": float(np.min(pred)), "prediction_max_us": float(np.max(pred)),
+            "prediction_max_beyond_us": float(np.max(pred[beyond])) if beyond.any() else None,
+            "training_target_range_us": [float(ytr.min()), float(ytr.max())]}
+
+
+def plots(export_dir: Path, predictor, dataset, split) -> list[str]:
+    """Residual plots (PNG) into the export folder; returns the file names."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred = predictor.predict(dataset.frame)
+    y = dataset.y
+    res = (pred - y) / y * 100
+    names = []
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
+    for part, color in (("train", "0.7"), ("val", "C0"), ("test", "C3")):
+        idx = split.part(part)
+        axes[0].scatter(y[idx] / 1e3, pred[idx] / 1e3, s=3, color=color, label=part, alpha=0.6)
+        axes[1].scatter(pred[idx] / 1e3, res[idx], s=3, color=color, alpha=0.6)
+    lim = [min(y.min(), pred.min()) / 1e3, max(y.max(), pred.max()) / 1e3]
+    axes[0].plot(lim, lim, color="k", lw=0.8)
+    axes[0].set_xlabel("measured (ms)"), axes[0].set_ylabel("predicted (ms)"), axes[0].legend(fontsize=7)
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set_xlabel("predicted (ms)"), axes[1].set_ylabel("residual (%)")
+    axes[2].hist(res[split.test], bins=60, color="C3")
+    axes[2].set_xlabel("test residual (%)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(export_dir / "residuals.png", buffer.getvalue())
+    names.append("residuals.png")
+    if "batch.num_decode_reqs" in dataset.frame.columns:
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+        bs = (dataset.frame["batch.num_decode_reqs"] + dataset.frame["batch.num_prefill_reqs"]).to_numpy()
+        ax.scatter(bs[split.test], res[split.test], s=3, color="C3")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("batch size (requests)"), ax.set_ylabel("test residual (%)")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        atomic_write_bytes(export_dir / "residuals_batch.png", buffer.getvalue())
+        names.append("residuals_batch.png")
+    return names
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+
+
+def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], beyond: dict[str, Any],
+             images: list[str]) -> str:
+    """The audit report as Markdown."""
+    lines = [f"# Audit: `{doc['name']}`", "",
+             ("**Data is SYNTHETIC (bundled demo).** " if doc.get("synthetic") else "")
+             + f"Data: {doc['data']} (hash `{doc['data_hash']}`), target `{doc['target']}`, split `{doc['split']}`"
+             + (f" fold `{doc['fold']}`" if doc.get("fold") else "") + f", engine {doc['engine']}, seed {doc['seed']}.",
+             "", "## Formula", "", "$$t_{\\mathrm{step}}\\,[\\mu s] = " + doc["expression"]["latex"] + "$$", "",
+             f"Complexity {doc['complexity']}; constants: {', '.join(f'{c:.6g}' for c in doc['constants'])}.", "",
+             "| term | unit | availability | meaning | definition (constants of the data baked in) |",
+             "|---|---|---|---|---|"]
+    for f in doc["features"]:
+        lines.append(f"| `{f['name']}` | {f['unit']} | {f['availability']} | {f['description']} | `{f['definition']}` |")
+    lines += ["", "## Invariants", "", "| invariant | verdict | value | what |", "|---|---|---|---|"]
+    for name, r in inv.items():
+        lines.append(f"| {name} | {'PASS' if r['pass'] else '**FAIL**'} | `{json.dumps(r['value'])}` | {r['detail']} |")
+    lines += ["", "## Errors against the baselines (test part, MAPE % with bootstrap 95 % CI)", ""]
+    labels = list(comp["overall"])
+    lines += ["| group | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    row = []
+    for label in labels:
+        t = comp["overall"][label]["test"]
+        ci = t.get("ci") or [None, None]
+        row.append(f"{_fmt(t['mape'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+    lines.append("| **all** | " + " | ".join(row) + " |")
+    for col in ("experiment_id", "model", "workload", "phase"):
+        for group, by in comp["groups"].get(col, {}).items():
+            cells = []
+            for label in labels:
+                m = by.get(label)
+                ci = (m or {}).get("ci") or [None, None]
+                cells.append(f"{_fmt((m or {}).get('mape'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if m else "-")
+            lines.append(f"| {col}: {group} | " + " | ".join(cells) + " |")
+    lines += ["", "Wilcoxon signed-rank p (per-experiment test MAPE, formula vs baseline): "
+              + ", ".join(f"{k} {_fmt(v, '.3g')}" for k, v in comp["wilcoxon_p"].items()) + "."]
+    if comp["notes"]:
+        lines += ["", "Baselines not run: " + "; ".join(comp["notes"])]
+    lines += ["", "## Residuals", ""] + [f"![{img}]({img})" for img in images]
+    lines += ["", "## Outside the training range", "",
+              f"{beyond['beyond_training_range']} of {beyond['grid_points']} grid batches lie outside the training "
+              f"range ({', '.join(f'{k} {v[0]:.0f}–{v[1]:.0f}' for k, v in beyond['training_ranges'].items())}); "
+              f"predictions there span {_fmt(beyond['prediction_min_us'], '.0f')}–{_fmt(beyond['prediction_max_us'], '.0f')} µs "
+              f"(training targets {beyond['training_target_range_us'][0]:.0f}–{beyond['training_target_range_us'][1]:.0f} µs).",
+              "", "## Constant rounding", ""]
+    r = doc["rounding"]
+    if r.get("significant_figures"):
+        lines.append(f"Rounding to {r['significant_figures']} significant figures moves validation MAPE from "
+                     f"{_fmt(r.get('val_mape_full'), '.4f')} % to {_fmt(r.get('val_mape_rounded'), '.4f')} %: "
+                     + ("applied." if r.get("applied") else "not applied (moved ≥ 0.1 point)."))
+    else:
+        lines.append("Constants were not rounded.")
+    checks = doc.get("checks", {})
+    lines += ["", "## Compiled exports", ""] + [f"- {k}: {v.get('status')} {v.get('detail') or ''}" for k, v in checks.items()]
+    if not doc.get("go", {}).get("exported", False):
+        lines.append(f"- go: not exported ({doc.get('go', {}).get('reason')})")
+    return "\n".join(lines) + "\n"
+
+
+def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
+    """Run the audit; return (JSON-ready result, all invariants pass)."""
+    from discovery.formula import load_artifact, run_data
+
+    doc, predictor = load_artifact(export_dir)
+    dataset, split = run_data(doc)
+    inv = invariants(export_dir, doc, predictor, dataset, split)
+    comp = comparison(predictor, dataset, split, seed=int(doc.get("seed") or 0))
+    beyond = outside_range(predictor, dataset, split)
+    images = plots(export_dir, predictor, dataset, split)
+    atomic_write_text(export_dir / "AUDIT.md", audit_md(doc, inv, comp, beyond, images))
+    ok = all(r["pass"] for r in inv.values())
+    result = {"invariants": inv, "metrics": {"formula": doc["metrics"], "comparison": comp, "outside_range": beyond,
+                                             "rounding": doc["rounding"]}}
+    return _clean(result), ok
+
+
+def _clean(obj: Any) -> Any:
+    from discovery.export import _clean as clean
+
+    return clean(obj)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m discovery.audit", description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir", nargs="?", default=None, help="export folder (default: the latest under exported/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    export_dir = Path(args.export_dir) if args.export_dir else latest_export()
+    if not export_dir.is_dir():
+        raise StepMLError(f"export folder not found: {export_dir}")
+    result, ok = audit(export_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, r in result["invariants"].items():
+            print(f"{name}: {'PASS' if r['pass'] else 'FAIL'}  {json.dumps(r['value'])}")
+        t = result["metrics"]["formula"]
+        print(f"validation MAPE {t['val_mape']:.3f} %, test MAPE {t['test_mape']:.3f} %")
+        print(f"wrote {export_dir / 'AUDIT.md'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    run(main, prog="discovery.audit")

@@ -1,0 +1,345 @@
+"""``python -m discovery.export [RUN_DIR] [--pick ...] [--name NAME] [--out DIR]``.
+
+Takes a front member of a run (default: the latest run, ``--pick best``),
+simplifies it with sympy, refits its constants on the training part, rounds
+them to ``--round`` significant figures when validation MAPE moves less than
+0.1 point, rescores the result with the shared harness (so the exported loss
+is the rescored loss) and writes into ``exported/<name>/``:
+
+``formula.py``      dependency-free predictor (``math``), numpy variant, scikit-learn-style regressor
+``formula.tex``     the formula and each feature's definition with units
+``artifact.json``   versioned: expression, features, constants, target, data hash, split, metrics
+``formula.c``       C99 (sympy's C printer)
+``stepml.go``       Go for BLIS's latency interface (simulator-available features only)
+``test_vectors.csv`` inputs and expected outputs; the C file is compiled and checked against them
+                    (and the Go file where a Go toolchain exists).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import sympy
+
+from features import catalog
+from features.cli import run
+from features.errors import StepMLError
+from features.io import atomic_write_frame, atomic_write_json, atomic_write_text
+
+EXPORTED_DIR = Path("exported")
+ROUND_TOLERANCE = 0.1  # validation MAPE points
+
+
+def _latex_symbols(names: Sequence[str]) -> dict[sympy.Symbol, str]:
+    return {sympy.Symbol(n): r"\mathrm{" + n.replace("_", r"\_").replace(".", r".") + "}" for n in names}
+
+
+def formula_latex(expr: sympy.Expr) -> str:
+    """LaTeX with readable feature names."""
+    names = [str(s) for s in expr.free_symbols]
+    return sympy.latex(expr, symbol_names=_latex_symbols(names))
+
+
+def python_source(expr: sympy.Expr, features: Sequence[str], name: str, doc: dict[str, Any]) -> str:
+    """``formula.py``: math-only ``predict``, numpy ``predict_array``, a regressor class."""
+    from sympy.printing.pycode import pycode
+
+    body = pycode(expr, fully_qualified_modules=True)
+    np_body = pycode(expr.xreplace({sympy.Symbol(f): sympy.Symbol(f"X['{f}']") for f in features}),
+                     fully_qualified_modules=True)
+    np_body = re.sub(r"math\.", "numpy.", np_body).replace("max(", "numpy.maximum(").replace("min(", "numpy.minimum(")
+    np_body = np_body.replace("abs(", "numpy.abs(")
+    feats = ", ".join(repr(f) for f in features)
+    return f'''"""Step-time predictor `{name}` exported by StepML Discovery (µs per scheduler step).
+
+Formula: {sympy.sstr(expr)}
+Target: {doc["target"]}   data: {doc["data"]}   split: {doc["split"]}
+Validation MAPE {doc["metrics"]["val_mape"]:.3f} %, test MAPE {doc["metrics"]["test_mape"]:.3f} %.
+Features (see artifact.json for their definitions and units): {", ".join(features)}
+Generated file: do not edit; re-export instead.
+"""
+import math
+
+FEATURES = ({feats}{"," if len(features) == 1 else ""})
+
+
+def predict({", ".join(f"{f}: float" for f in features)}) -> float:
+    """Predicted step time (µs) of one step."""
+    return float({body})
+
+
+def predict_array(X):
+    """Vectorised variant: ``X`` maps each feature name to a numpy array (or is a DataFrame)."""
+    import numpy
+
+    return numpy.asarray({np_body}, dtype=float) * numpy.ones(len(X[FEATURES[0]]) if FEATURES else 1)
+
+
+class StepTimeFormula:
+    """scikit-learn-compatible regressor wrapping the fixed formula (``fit`` learns nothing).
+
+    ``predict`` takes a DataFrame with the feature columns or a 2-D array whose
+    columns follow ``FEATURES``.
+    """
+
+    def __init__(self):
+        pass
+
+    def get_params(self, deep=True):
+        return {{}}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = len(FEATURES)
+        return self
+
+    def predict(self, X):
+        import numpy
+
+        if hasattr(X, "columns"):
+            cols = {{f: numpy.asarray(X[f], dtype=float) for f in FEATURES}}
+        else:
+            arr = numpy.asarray(X, dtype=float)
+            cols = {{f: arr[:, i] for i, f in enumerate(FEATURES)}}
+        return predict_array(cols)
+'''
+
+
+def tex_source(expr: sympy.Expr, defs: dict[str, sympy.Expr], doc: dict[str, Any]) -> str:
+    """``formula.tex``: the formula, then each feature with unit and definition."""
+    lines = ["% Step-time formula exported by StepML Discovery", r"\begin{equation}",
+             r"  t_{\mathrm{step}}\,[\mu s] = " + formula_latex(expr), r"\end{equation}", "where", r"\begin{itemize}"]
+    for name, d in defs.items():
+        f = catalog.get_feature(name)
+        cols = [s.name for s in d.free_symbols]
+        lines.append(r"  \item $\mathrm{" + name.replace("_", r"\_") + "}$ [" + f.unit.replace("µ", r"$\mu$")
+                     + "]: " + f.description.replace("_", r"\_").replace("Σ", r"$\Sigma$").replace("·", r"$\cdot$")
+                     .replace("²", "$^2$").replace("−", "-") + r"; $= "
+                     + sympy.latex(d, symbol_names=_latex_symbols(cols)) + "$")
+    lines += [r"\end{itemize}", f"% validation MAPE {doc['metrics']['val_mape']:.3f} %, "
+              f"test MAPE {doc['metrics']['test_mape']:.3f} %", ""]
+    return "\n".join(lines)
+
+
+def _metrics(expr: sympy.Expr, dataset, split) -> tuple[dict[str, Any], Any]:
+    from evaluation.predictors import FormulaPredictor
+    from evaluation.scorer import score
+
+    card = score(FormulaPredictor(expr, tuple(dataset.feature_names()), "export"), dataset, split)
+    per_exp = {exp: {"val_mape": card.groups[("val", "experiment_id")].get(exp, {}).get("mape"),
+                     "test_mape": card.groups[("test", "experiment_id")].get(exp, {}).get("mape")}
+               for exp in sorted(set(dataset.frame["experiment_id"].astype(str)))}
+    return {"train_mape": card.overall["train"]["mape"], "val_mape": card.overall["val"]["mape"],
+            "test_mape": card.overall["test"]["mape"], "val_mspe": card.overall["val"]["mspe"],
+            "test_mspe": card.overall["test"]["mspe"], "per_experiment": per_exp}, card
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _clean(obj.item())
+    return obj
+
+
+def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path | None = None,
+           round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
+    """Export one front member of a run; return the output folder."""
+    from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
+    from discovery.review import front_of, pick_row
+    from discovery.rundir import expr_of, read_hof, read_run_json
+    from search_spaces.operators import complexity
+
+    hof, info = read_hof(run_dir), read_run_json(run_dir)
+    front = front_of(hof)
+    row_index = pick_row(front, pick)
+    row = front.iloc[row_index]
+    dataset, split = run_data(info)
+    name = name or f"{run_dir.name}-{pick}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise StepMLError(f"--name '{name}': use letters, digits, '.', '_' or '-'")
+    out_dir = Path(out) if out else EXPORTED_DIR / name
+    if (out_dir / "artifact.json").exists():
+        raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
+
+    original = expr_of(row)
+    expr = simplify(original)
+    used = sorted(str(s) for s in expr.free_symbols)
+    X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
+    expr = refit_constants(expr, X_train, dataset.y[split.train])
+    full_metrics, _ = _metrics(expr, dataset, split)
+    rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
+    if round_sig:
+        rounded = round_constants(expr, round_sig)
+        rounded_metrics, _ = _metrics(rounded, dataset, split)
+        rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
+        if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
+            expr, full_metrics = rounded, rounded_metrics
+            rounding["applied"] = True
+    defs, baked = baked_definitions(used, dataset)
+    go_reason = _go_refusal(defs)
+    if go_reason and require_go:
+        raise StepMLError(go_reason)
+    doc = {
+        "schema": "stepml-artifact/1", "name": name,
+        "expression": {"srepr": sympy.srepr(expr), "infix": sympy.sstr(expr), "latex": formula_latex(expr),
+                       "search_infix": str(row["Equation"])},
+        "complexity": complexity(expr),
+        "features": [{"name": f, "unit": catalog.get_feature(f).unit,
+                      "availability": catalog.get_feature(f).availability,
+                      "description": catalog.get_feature(f).description,
+                      "definition": sympy.sstr(defs[f]), "definition_srepr": sympy.srepr(defs[f])} for f in used],
+        "constants": [float(c) for c in sorted(expr.atoms(sympy.Float), key=float)],
+        "baked_columns": baked,
+        "target": dataset.target, "data": dataset.label, "data_path": info.get("data_path"),
+        "data_hash": info.get("data_hash"), "split": info.get("split"), "fold": info.get("fold"),
+        "max_gap": info.get("max_gap"), "colmap": info.get("colmap"), "experiments": info.get("experiments"),
+        "engine": str(row.get("engine", "")), "seed": info.get("seed"), "run_dir": str(run_dir),
+        "pick": pick, "front_row": int(row_index), "metrics": full_metrics, "rounding": rounding,
+        "go": {"exported": go_reason is None, "reason": go_reason},
+        "synthetic": bool(info.get("synthetic")),
+    }
+    doc = _clean(doc)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "formula.py", python_source(expr, used, name, doc))
+    atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))
+    checks = _write_compiled(out_dir, expr, used, defs, dataset, split, go_reason)
+    doc["checks"] = checks
+    atomic_write_json(out_dir / "artifact.json", doc)
+    echo(f"exported {sympy.sstr(expr)}")
+    echo(f"  validation MAPE {doc['metrics']['val_mape']:.3f} %, test MAPE {doc['metrics']['test_mape']:.3f} %, "
+         f"complexity {doc['complexity']}; constants rounded to {round_sig} s.f.: "
+         f"{'yes' if rounding['applied'] else 'no'}")
+    for lang, res in checks.items():
+        echo(f"  {lang} check: {res['status']}" + (f" ({res['detail']})" if res.get("detail") else ""))
+    if go_reason:
+        echo(f"  stepml.go not written: {go_reason}")
+    echo(f"wrote {out_dir}/")
+    return out_dir
+
+
+def _go_refusal(defs: dict[str, sympy.Expr]) -> str | None:
+    from features.aggregates import AGGREGATE_RULES
+
+    for name, d in defs.items():
+        feature = catalog.get_feature(name)
+        if feature.availability != "simulator":
+            return (f"feature '{name}' is {feature.availability}-only; only simulator-available features can be "
+                    "exported to Go")
+        extra = sorted(s.name for s in d.free_symbols if s.name not in AGGREGATE_RULES)
+        if extra:
+            return (f"feature '{name}' needs column(s) {', '.join(extra)} that vary across the data and are not "
+                    "per-request batch aggregates; export from a single-model run to bake them in")
+    return None
+
+
+def _test_vectors(expr, used, dataset, split, n: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
+    from search_spaces.operators import lambdify_formula
+
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(split.val, size=min(n, len(split.val)), replace=False))
+    X = {k: v[rows] for k, v in dataset.features(used).items()}
+    expected = lambdify_formula(expr, used)(X) if used else np.full(len(rows), float(expr))
+    table = pd.DataFrame({k: X[k] for k in used})
+    table["expected_us"] = expected
+    return table, expected
+
+
+def _write_compiled(out_dir: Path, expr, used, defs, dataset, split, go_reason) -> dict[str, dict[str, Any]]:
+    from discovery.printers.c import c_source
+    from discovery.printers.checks import c_parity
+
+    table, expected = _test_vectors(expr, used, dataset, split)
+    atomic_write_frame(out_dir / "test_vectors.csv", table)
+    atomic_write_text(out_dir / "formula.c", c_source(expr, used))
+    checks = {"c": _status(c_parity(out_dir / "formula.c", used, table[used].to_numpy(float), expected))}
+    if go_reason is None:
+        from discovery.printers.checks import go_parity
+        from discovery.printers.go import go_source
+
+        atomic_write_text(out_dir / "stepml.go", go_source(expr, defs, constants_comment=_constants_comment(dataset)))
+        batches, go_expected = go_batches(expr, defs)
+        checks["go"] = _status(go_parity(out_dir / "stepml.go", batches, go_expected))
+    return checks
+
+
+def _constants_comment(dataset) -> str:
+    return f"fitted on {dataset.label}"
+
+
+def _status(result) -> dict[str, Any]:
+    if result.skipped:
+        return {"status": "skipped", "detail": result.reason}
+    return {"status": "pass" if result.ok else "FAIL", "detail": f"max rel err {result.max_rel_err:.2e} over {result.n}",
+            "max_rel_err": result.max_rel_err}
+
+
+def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tuple[list, list[float]]:
+    """Random request batches (plus the empty batch) and the Python reference step times."""
+    from features.aggregates import batch_aggregates
+    from search_spaces.operators import lambdify_formula
+
+    rng = np.random.default_rng(1)
+    batches = [(np.zeros(0), np.zeros(0), np.zeros(0))]
+    for _ in range(n):
+        size = int(rng.integers(1, 64))
+        prompt = rng.integers(16, 2048, size).astype(float)
+        prefill = rng.random(size) < 0.2
+        ctx = np.where(prefill, rng.integers(0, 8, size) * 16.0, prompt + rng.integers(0, 300, size))
+        ctx = np.minimum(ctx, np.where(prefill, prompt - 1, ctx))
+        new = np.where(prefill, np.minimum(prompt - ctx, rng.integers(1, 512, size)), 1.0)
+        batches.append((ctx, new, prompt))
+    expected = []
+    for ctx, new, prompt in batches:
+        if len(ctx) == 0:
+            expected.append(0.0)
+            continue
+        cols = batch_aggregates(ctx, new, prompt)
+        feats = {}
+        for name, d in defs.items():
+            syms = sorted(s.name for s in d.free_symbols)
+            safe = {c: c.replace(".", "__") for c in syms}
+            fn = lambdify_formula(d.xreplace({sympy.Symbol(c): sympy.Symbol(safe[c]) for c in syms}), list(safe.values()))
+            feats[name] = np.atleast_1d(fn({safe[c]: np.array([cols[c]]) for c in syms}))
+        names = sorted(defs)
+        value = lambdify_formula(expr, names)(feats) if names else np.array([float(expr)])
+        expected.append(float(np.asarray(value).reshape(-1)[0]))
+    return batches, expected
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    from discovery.rundir import latest_run
+
+    parser = argparse.ArgumentParser(prog="python -m discovery.export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", default=None, help="run directory (default: the latest under results/)")
+    parser.add_argument("--pick", default="best", help="best (default), accuracy, knee, score, or a front row number")
+    parser.add_argument("--name", default=None, help="name of the export (default: <run-id>-<pick>)")
+    parser.add_argument("--out", default=None, help="output folder (default: exported/<name>/)")
+    parser.add_argument("--round", type=int, default=4, dest="round_sig",
+                        help="round constants to N significant figures when validation MAPE moves < 0.1 point "
+                             "(default 4; 0 = never)")
+    parser.add_argument("--require-go", action="store_true", help="fail when the formula cannot be exported to Go")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir) if args.run_dir else latest_run()
+    if not run_dir.is_dir():
+        raise StepMLError(f"run directory not found: {run_dir}")
+    if args.round_sig < 0:
+        raise StepMLError("--round must be >= 0")
+    export(run_dir, args.pick, args.name, Path(args.out) if args.out else None, args.round_sig or None,
+           args.require_go)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, prog="discovery.export")

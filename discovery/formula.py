@@ -1,0 +1,186 @@
+"""Operations on a chosen formula shared by export, audit and replay.
+
+- reload the data and split a run was searched on (:func:`run_data`);
+- simplify, refit constants on the training part, round constants;
+- bake the per-experiment constant columns (architecture, hardware) into each
+  used feature's definition, giving features over per-step batch columns only;
+- load an exported ``artifact.json`` back as a predictor.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import sympy
+
+from features import catalog
+from features.dataset import Dataset
+from features.errors import StepMLError
+from features.splits import Split
+
+ARTIFACT_SCHEMA = "stepml-artifact/1"
+
+
+def run_data(info: Mapping[str, Any]) -> tuple[Dataset, Split]:
+    """The dataset and split a run (``run.json``) or artifact was built on."""
+    from features.dataset import load_dataset
+    from features.splits import make_splits
+
+    data = info.get("data_path")
+    target = info.get("target")
+    dataset = load_dataset(data, target, max_gap=int(info.get("max_gap", 10)), colmap=info.get("colmap"),
+                           experiments=info.get("experiments"))
+    if info.get("data_hash") and dataset.content_hash() != info["data_hash"]:
+        raise StepMLError(f"the data at {dataset.label} changed since the run (hash {dataset.content_hash()} "
+                          f"vs {info['data_hash']})")
+    splits = make_splits(dataset.frame, info.get("split", "temporal"), dataset.content_hash())
+    fold = info.get("fold") or ""
+    chosen = [s for s in splits if s.fold == fold] or splits[:1]
+    return dataset, chosen[0]
+
+
+def constants_of(expr: sympy.Expr) -> list[sympy.Float]:
+    """The numeric constants (Floats) of an expression in a stable order."""
+    return sorted(expr.atoms(sympy.Float), key=lambda f: (float(f), str(f)))
+
+
+def simplify(expr: sympy.Expr) -> sympy.Expr:
+    """``sympy.simplify`` when it does not make the formula more complex."""
+    from search_spaces.operators import complexity
+
+    try:
+        simpler = sympy.simplify(expr)
+    except Exception:  # sympy can fail on exotic trees; keep the original
+        return expr
+    return simpler if complexity(simpler) <= complexity(expr) else expr
+
+
+def _mape(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> float:
+    from search_spaces.operators import lambdify_formula
+
+    names = sorted(str(s) for s in expr.free_symbols)
+    with np.errstate(all="ignore"):
+        pred = lambdify_formula(expr, names)({k: X[k] for k in names}) if names else np.full(len(y), float(expr))
+    if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
+        return float("inf")
+    return float(np.mean(np.abs(pred - y) / y) * 100)
+
+
+def refit_constants(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> sympy.Expr:
+    """Refit the numeric constants on training rows (relative error); keep the fit only if MAPE improves."""
+    from scipy.optimize import least_squares
+
+    from search_spaces.operators import lambdify_formula
+
+    consts = constants_of(expr)
+    if not consts:
+        return expr
+    params = sympy.symbols(f"__p0:{len(consts)}")
+    template = expr.xreplace(dict(zip(consts, params)))
+    names = sorted(str(s) for s in expr.free_symbols)
+    fn = lambdify_formula(template, names + [str(p) for p in params])
+    base = {k: X[k] for k in names}
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            pred = fn({**base, **{str(p): np.full(len(y), t) for p, t in zip(params, theta)}})
+        r = (pred - y) / y
+        return np.where(np.isfinite(r), r, 1e6)
+
+    x0 = np.array([float(c) for c in consts])
+    try:
+        fit = least_squares(residual, x0, loss="soft_l1", f_scale=0.01, max_nfev=400)
+    except Exception:  # a degenerate Jacobian: keep the search's constants
+        return expr
+    refit = template.xreplace({p: sympy.Float(float(v)) for p, v in zip(params, fit.x)})
+    return refit if _mape(refit, X, y) < _mape(expr, X, y) else expr
+
+
+def round_constants(expr: sympy.Expr, sig: int) -> sympy.Expr:
+    """Round every Float to ``sig`` significant figures."""
+    def rnd(v: float) -> float:
+        return float(f"{v:.{sig}g}")
+
+    return expr.xreplace({c: sympy.Float(rnd(float(c))) for c in constants_of(expr)})
+
+
+def baked_definitions(features: Sequence[str], dataset: Dataset) -> tuple[dict[str, sympy.Expr], dict[str, float]]:
+    """Each feature's definition with the data's constant columns substituted.
+
+    Returns (feature → expression over the remaining canonical columns, the
+    substituted column values). Columns constant across the whole dataset
+    (architecture, hardware of a single model) become numbers; the rest stay symbols.
+    """
+    defs: dict[str, sympy.Expr] = {}
+    baked: dict[str, float] = {}
+    frame = dataset.frame
+    for name in features:
+        expr = catalog.get_feature(name).sympy_expr()
+        subs = {}
+        for sym in expr.free_symbols:
+            col = sym.name
+            if col.startswith(("arch.", "hw.")) and col in frame.columns:
+                values = frame[col].to_numpy(dtype=float)
+                if np.all(values == values[0]):
+                    subs[sym] = sympy.Float(float(values[0]))
+                    baked[col] = float(values[0])
+        defs[name] = sympy.simplify(expr.xreplace(subs)) if subs else expr
+    return defs, dict(sorted(baked.items()))
+
+
+@dataclass(frozen=True)
+class ArtifactPredictor:
+    """A predictor read from an exported ``artifact.json`` (features from canonical columns).
+
+    An empty batch (no scheduled tokens) is predicted to take 0 µs, as in the Go export.
+    """
+
+    expr: sympy.Expr
+    definitions: dict[str, sympy.Expr]
+    name: str = "artifact"
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        """Evaluate the exported formula on canonical columns (one step or many)."""
+        from evaluation.predictors import n_rows
+        from search_spaces.operators import lambdify_formula
+
+        n = n_rows(columns)
+        feats = {}
+        with np.errstate(all="ignore"):
+            for name, d in self.definitions.items():
+                cols = sorted(s.name for s in d.free_symbols)
+                missing = [c for c in cols if c not in columns]
+                if missing:
+                    raise StepMLError(f"artifact feature '{name}' needs column(s) {', '.join(missing)}")
+                safe = {c: c.replace(".", "__") for c in cols}
+                fn = lambdify_formula(d.xreplace({sympy.Symbol(c): sympy.Symbol(safe[c]) for c in cols}),
+                                      list(safe.values()))
+                feats[name] = np.broadcast_to(fn({safe[c]: np.asarray(columns[c], float).reshape(-1)
+                                                  for c in cols}), (n,))
+            names = sorted(self.definitions)
+            out = lambdify_formula(self.expr, names)(feats) if names else np.full(n, float(self.expr))
+        out = np.broadcast_to(np.asarray(out, float), (n,)).astype(float)
+        if "batch.scheduled_tokens" in columns:  # the empty batch takes no time (as the Go export)
+            out = np.where(np.asarray(columns["batch.scheduled_tokens"], float).reshape(-1) == 0, 0.0, out)
+        return out
+
+
+def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
+    """Read ``artifact.json`` (or a folder holding one) → (document, predictor)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "artifact.json"
+    if not path.is_file():
+        raise StepMLError(f"artifact not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as exc:
+        raise StepMLError(f"{path}: malformed JSON ({exc})") from None
+    if doc.get("schema") != ARTIFACT_SCHEMA:
+        raise StepMLError(f"{path}: not a StepML artifact (schema {doc.get('schema')!r}, expected {ARTIFACT_SCHEMA})")
+    expr = sympy.sympify(doc["expression"]["srepr"])
+    defs = {f["name"]: sympy.sympify(f["definition_srepr"]) for f in doc["features"]}
+    return doc, ArtifactPredictor(expr, defs, doc.get("name", "artifact"))
