@@ -251,7 +251,8 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
         lines.append(f"| `{f['name']}` | {f['unit']} | {f['availability']} | {f['description']} | `{f['definition']}` |")
     lines += ["", "## Invariants", "", "| invariant | verdict | value | what |", "|---|---|---|---|"]
     for name, r in inv.items():
-        lines.append(f"| {name} | {'PASS' if r['pass'] else '**FAIL**'} | `{json.dumps(r['value'])}` | {r['detail']} |")
+        detail = r["detail"].replace("|", "\\|")
+        lines.append(f"| {name} | {'PASS' if r['pass'] else '**FAIL**'} | `{json.dumps(r['value'])}` | {detail} |")
     lines += ["", "## Errors against the baselines (test part, MAPE % with bootstrap 95 % CI)", ""]
     labels = list(comp["overall"])
     lines += ["| group | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]

@@ -286,6 +286,7 @@ def _status(result) -> dict[str, Any]:
 
 def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tuple[list, list[float]]:
     """Random request batches (plus the empty batch) and the Python reference step times."""
+    from discovery.formula import evaluate_on_columns
     from features.aggregates import batch_aggregates
     from search_spaces.operators import lambdify_formula
 
@@ -304,13 +305,8 @@ def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tu
         if len(ctx) == 0:
             expected.append(0.0)
             continue
-        cols = batch_aggregates(ctx, new, prompt)
-        feats = {}
-        for name, d in defs.items():
-            syms = sorted(s.name for s in d.free_symbols)
-            safe = {c: c.replace(".", "__") for c in syms}
-            fn = lambdify_formula(d.xreplace({sympy.Symbol(c): sympy.Symbol(safe[c]) for c in syms}), list(safe.values()))
-            feats[name] = np.atleast_1d(fn({safe[c]: np.array([cols[c]]) for c in syms}))
+        cols = {k: np.array([v]) for k, v in batch_aggregates(ctx, new, prompt).items()}
+        feats = {name: evaluate_on_columns(d, cols, 1) for name, d in defs.items()}
         names = sorted(defs)
         value = lambdify_formula(expr, names)(feats) if names else np.array([float(expr)])
         expected.append(float(np.asarray(value).reshape(-1)[0]))

@@ -78,7 +78,7 @@ def refit_constants(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray
     consts = constants_of(expr)
     if not consts:
         return expr
-    params = sympy.symbols(f"__p0:{len(consts)}")
+    params = sympy.symbols(f"refit_p0:{len(consts)}")
     template = expr.xreplace(dict(zip(consts, params)))
     names = sorted(str(s) for s in expr.free_symbols)
     fn = lambdify_formula(template, names + [str(p) for p in params])
@@ -131,6 +131,23 @@ def baked_definitions(features: Sequence[str], dataset: Dataset) -> tuple[dict[s
     return defs, dict(sorted(baked.items()))
 
 
+def evaluate_on_columns(expr: sympy.Expr, columns: Mapping[str, object], n: int | None = None) -> np.ndarray:
+    """Evaluate an expression over canonical-column symbols (dotted names) with protected operators."""
+    from evaluation.predictors import n_rows
+    from search_spaces.operators import lambdify_formula, symbol_name
+
+    n = n_rows(columns) if n is None else n
+    cols = sorted(s.name for s in expr.free_symbols)
+    missing = [c for c in cols if c not in columns]
+    if missing:
+        raise StepMLError(f"formula {sympy.sstr(expr)} needs column(s) {', '.join(missing)}")
+    if not cols:
+        return np.full(n, float(expr))
+    safe = expr.xreplace({sympy.Symbol(c): sympy.Symbol(symbol_name(c)) for c in cols})
+    data = {c: np.broadcast_to(np.asarray(columns[c], dtype=float).reshape(-1), (n,)) for c in cols}
+    return lambdify_formula(safe, cols)(data)
+
+
 @dataclass(frozen=True)
 class ArtifactPredictor:
     """A predictor read from an exported ``artifact.json`` (features from canonical columns).
@@ -148,18 +165,9 @@ class ArtifactPredictor:
         from search_spaces.operators import lambdify_formula
 
         n = n_rows(columns)
-        feats = {}
         with np.errstate(all="ignore"):
-            for name, d in self.definitions.items():
-                cols = sorted(s.name for s in d.free_symbols)
-                missing = [c for c in cols if c not in columns]
-                if missing:
-                    raise StepMLError(f"artifact feature '{name}' needs column(s) {', '.join(missing)}")
-                safe = {c: c.replace(".", "__") for c in cols}
-                fn = lambdify_formula(d.xreplace({sympy.Symbol(c): sympy.Symbol(safe[c]) for c in cols}),
-                                      list(safe.values()))
-                feats[name] = np.broadcast_to(fn({safe[c]: np.asarray(columns[c], float).reshape(-1)
-                                                  for c in cols}), (n,))
+            feats = {name: np.broadcast_to(evaluate_on_columns(d, columns, n), (n,))
+                     for name, d in self.definitions.items()}
             names = sorted(self.definitions)
             out = lambdify_formula(self.expr, names)(feats) if names else np.full(n, float(self.expr))
         out = np.broadcast_to(np.asarray(out, float), (n,)).astype(float)

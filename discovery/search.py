@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="run directory (default: results/<run-id>/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--import-pysr", default=None, metavar="PATH",
+                   help="instead of searching, import a PySR result (run directory or hall_of_fame.csv) and "
+                        "rescore it into a run directory (engine pysr; --engine and the search options are ignored)")
+    p.add_argument("--cluster", default=None, metavar="MANAGER",
+                   help="PySR only: run PySR's workers through a job queue (slurm, pbs, lsf, sge, qrsh, scyld, htc)")
     return p
 
 
@@ -143,7 +148,20 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     from features.dataset import load_dataset
 
     space: SearchSpace = get_space(args.space)
-    engines = parse_engines(args.engine)
+    import_pysr = getattr(args, "import_pysr", None)
+    cluster = getattr(args, "cluster", None)
+    engines = ["pysr"] if import_pysr else parse_engines(args.engine)
+    if cluster is not None:
+        from discovery.engines.pysr_engine import CLUSTER_MANAGERS
+
+        if import_pysr or engines != ["pysr"]:
+            raise StepMLError("--cluster applies to a search with --engine pysr only")
+        if cluster not in CLUSTER_MANAGERS:
+            raise StepMLError(f"unknown --cluster '{cluster}'; valid: {', '.join(CLUSTER_MANAGERS)}")
+    if not import_pysr:
+        from discovery.engines import check_engines
+
+        check_engines(engines)  # e.g. PySR without Julia: one line, before anything is written
     for n in ("budget", "generations", "population", "islands"):
         if getattr(args, n) <= 0:
             raise StepMLError(f"--{n} must be positive")
@@ -164,6 +182,11 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
         if not chosen:
             raise StepMLError(f"unknown fold '{args.fold}'; valid: {', '.join(s.fold for s in splits)}")
         split = chosen[0]
+    imported = None
+    if import_pysr:
+        from discovery.pysr_import import problem_features, read_pysr_table
+
+        imported = read_pysr_table(import_pysr, problem_features(dataset, space))
     run_dir = _resolve_run_dir(args, space.name, engines)
     info: dict[str, Any] = {
         "space": space.name, "engines": engines, "data": dataset.label, "data_hash": data_hash,
@@ -175,6 +198,8 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
         "rows": {"train": int(len(split.train)), "val": int(len(split.val)), "test": int(len(split.test))},
         "packages": package_versions(),
     }
+    if imported is not None:
+        info["imported_from"] = str(imported.source)
     if args.resume:
         _check_resume(run_dir, info)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,10 +213,15 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     candidates: list[Candidate] = []
     stats: dict[str, Any] = {}
     per_engine_budget = args.budget / len(engines)
+    if imported is not None:
+        candidates = imported.candidates(problem)
+        stats["pysr"] = {"imported_from": str(imported.source), "equations": len(candidates)}
     with _mapper(args) as mapper:
-        for name in engines:
+        for name in ([] if imported is not None else engines):
             settings = {"budget_s": per_engine_budget, "generations": args.generations,
                         "population": args.population, "islands": args.islands, "seed": args.seed}
+            if name == "pysr":
+                settings.update({"output_directory": str(run_dir / "pysr"), "cluster_manager": cluster})
             engine = make_engine(name, settings)
             state = resume.get(name) if resume else None
             saved: dict[str, Any] = dict(resume or {})

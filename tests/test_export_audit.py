@@ -126,7 +126,7 @@ def test_audit_writes_report_and_verdicts(exported, capsys):
 
 
 def test_audit_fails_a_decreasing_formula(run_dir, tmp_path, capsys):
-    path = _hand_run(run_dir, tmp_path, "60000.0 - 20.0*decode_tokens")
+    path = _hand_run(run_dir, tmp_path, "600000.0/(1.0 + decode_tokens)")
     assert _run(export.main, [str(path), "--out", str(tmp_path / "dec"), "--round", "0"]) == 0
     capsys.readouterr()
     assert _run(audit.main, [str(tmp_path / "dec"), "--json"]) == 1

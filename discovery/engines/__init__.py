@@ -54,3 +54,11 @@ def parse_engines(spec: str) -> list[str]:
         if name not in ENGINES:
             raise StepMLError(f"unknown engine '{name}'; valid: {', '.join(ENGINES)}")
     return names
+
+
+def check_engines(names: list[str]) -> None:
+    """Raise a one-line :class:`StepMLError` if an engine cannot run here (PySR without Julia)."""
+    if "pysr" in names:
+        from discovery.engines.pysr_engine import check_available
+
+        check_available()

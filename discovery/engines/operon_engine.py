@@ -99,8 +99,8 @@ if TYPE_CHECKING:
     from discovery.candidate import Candidate, Problem
     from search_spaces.spaces import SearchSpace
 
-__all__ = ["OperonEngine", "OperonSettings", "operon_options", "operon_unsupported", "formula_losses",
-           "pareto_candidates"]
+__all__ = ["OperonEngine", "OperonSettings", "TrainingScorer", "formula_losses", "node_types", "operon_options",
+           "operon_unsupported", "pareto_candidates"]
 
 STATE_VERSION = 1
 #: Objective value standing in for an unusable tree (Operon's fitness is float32).
@@ -243,7 +243,7 @@ def operon_unsupported(space: "SearchSpace", settings: OperonSettings) -> list[s
 # =============================================================================== losses
 
 
-class _Scorer:
+class TrainingScorer:
     """Training rows, weights and probe pairs of a problem, for losses of formulas (float64)."""
 
     def __init__(self, problem: "Problem") -> None:
@@ -293,7 +293,7 @@ def formula_losses(expr: "sympy.Expr", problem: "Problem") -> tuple[float, float
     """(loss as DEAP and Operon report it, training MRE, probe violation fraction) of a formula on ``problem``."""
     from search_spaces.operators import lambdify_formula
 
-    return _Scorer(problem).loss(lambdify_formula(expr, problem.features))
+    return TrainingScorer(problem).loss(lambdify_formula(expr, problem.features))
 
 
 def pareto_candidates(candidates: Iterable["Candidate"]) -> list["Candidate"]:
@@ -327,19 +327,36 @@ def _n_constants(expr: "sympy.Expr") -> int:
 # =============================================================================== objectives
 
 
+_ARITHMETIC_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+
+def node_types(op: Any) -> dict[str, Any]:
+    """``allowed_symbols`` spelling → ``pyoperon.NodeType``, resolved by the C++ node's own name.
+
+    Not by the enum's labels: in pyoperon 0.6.2 ``NodeType.Fmax`` builds the C++ ``fmin`` node and
+    ``NodeType.Fmin`` the ``fmax`` node (``Node(NodeType.Fmax).Name == "fmin"``, and it evaluates as a
+    minimum), so ``allowed_symbols="fmax"`` through the labels would give Operon a minimum.
+    """
+    out: dict[str, Any] = {}
+    for member in op.NodeType:
+        try:
+            name = op.Node(member).Name
+        except Exception:  # a type that cannot be built alone
+            continue
+        out.setdefault(_ARITHMETIC_NAMES.get(name, name), member)
+    return out
+
+
 def _tree_complexity_table(op: Any) -> dict[Any, int]:
     """Operon node type → table complexity of the node (variables and constants handled apart)."""
-    out = {}
-    for tab in OPERATORS.values():
-        if tab.operon is not None:
-            out[getattr(op.NodeType, tab.operon.capitalize())] = tab.complexity
-    return out
+    types = node_types(op)
+    return {types[tab.operon]: tab.complexity for tab in OPERATORS.values() if tab.operon is not None}
 
 
 class _Objectives:
     """The two objective callbacks of the Operon search (relative loss, table complexity)."""
 
-    def __init__(self, op: Any, scorer: _Scorer, dtable: Any, train: Any, train_range: Any,
+    def __init__(self, op: Any, scorer: TrainingScorer, dtable: Any, train: Any, train_range: Any,
                  probe_sets: list[tuple[Any, Any, Any]], deadline: float) -> None:
         self.op = op
         self.scorer = scorer
@@ -418,12 +435,13 @@ def _seed_trees(op: Any, formulas: Sequence[str], features: Sequence[str], input
     from search_spaces.operators import parse_formula
 
     allowed = set(options["allowed_symbols"].split(","))
+    types = node_types(op)
     hashes = {sympy.Symbol(symbol_name(f)): h for f, h in zip(features, inputs)}
     trees, bad = [], []
     for text in formulas:
         source = _CONSTANT_NAME.sub(lambda m: m.group(0) if m.group(0) in features else "1.0", text)
         try:
-            nodes = _to_nodes(op, parse_formula(source, features), hashes, allowed)
+            nodes = _to_nodes(op, parse_formula(source, features), hashes, allowed, types)
             tree = op.Tree(nodes).UpdateNodes()
         except (StepMLError, _Inexpressible):
             bad.append(repr(text))
@@ -435,14 +453,14 @@ def _seed_trees(op: Any, formulas: Sequence[str], features: Sequence[str], input
     return trees, bad
 
 
-def _to_nodes(op: Any, e: Any, hashes: Mapping[Any, int], allowed: set[str]) -> list[Any]:
+def _to_nodes(op: Any, e: Any, hashes: Mapping[Any, int], allowed: set[str], types: Mapping[str, Any]) -> list[Any]:
     """Postfix Operon nodes of a sympy expression (Operon stores ``A op B`` as ``B, A, op``)."""
     import sympy
 
     def node(symbol: str) -> Any:
         if symbol not in allowed:
             raise _Inexpressible(symbol)
-        return op.Node(getattr(op.NodeType, symbol.capitalize()))
+        return op.Node(types[symbol])
 
     def binary(symbol: str, a: list[Any], b: list[Any]) -> list[Any]:
         return b + a + [node(symbol)]
@@ -535,7 +553,7 @@ class OperonEngine:
             print(f"warning: operon engine cannot express: {'; '.join(unsupported)}", file=sys.stderr)
         import pyoperon as op
 
-        scorer = _Scorer(problem)
+        scorer = TrainingScorer(problem)
         X = np.column_stack([scorer.X[f] for f in features])
         data = np.asfortranarray(np.column_stack([X, scorer.y]))
         ds = op.Dataset(data)
@@ -549,9 +567,10 @@ class OperonEngine:
         problem_op.TestRange = op.Range(ds.Rows - 1, ds.Rows)
         problem_op.Target = target
         problem_op.InputHashes = inputs
+        types = node_types(op)
         config_bits = 0
         for sym in options["allowed_symbols"].split(","):
-            config_bits |= int(getattr(op.NodeType, sym.capitalize()))
+            config_bits |= int(types[sym])
         problem_op.ConfigurePrimitiveSet(config_bits)
         pset = problem_op.PrimitiveSet
 
@@ -578,6 +597,7 @@ class OperonEngine:
         setup = time.perf_counter() - t0
         remaining = s.budget_s - setup
         max_time = max(1, int(remaining - 0.5))
+        options["max_time"] = max_time
         deadline = t0 + s.budget_s - 0.25
         objectives = _Objectives(op, scorer, dtable, ds, train_range, probe_sets, deadline)
         keep: list[Any] = []  # pyoperon holds raw pointers: keep every component alive during Run
@@ -707,7 +727,7 @@ class OperonEngine:
             return op.RemoveSubtreeMutation(pset)
         raise StepMLError(f"unknown Operon mutation {name!r}")
 
-    def _candidates(self, strings: list[str], problem: "Problem", scorer: _Scorer,
+    def _candidates(self, strings: list[str], problem: "Problem", scorer: TrainingScorer,
                     generations: int) -> list["Candidate"]:
         import sympy
 

@@ -436,7 +436,7 @@ def _render(e: _Node, prec1: int, depth: int) -> str:
         prec = _BINARY_PREC[e.text]
         if prec < prec1:  # not produced by the parser (it keeps parens), kept for completeness
             return "(" + _render(e, 0, max(depth - 1, 1)) + ")"
-        blank = prec <= _cutoff(e, depth)
+        blank = prec < _cutoff(e, depth)
         left, right = e.args
         left_depth = depth + (0 if left.kind == "binary" and _BINARY_PREC[left.text] == prec else 1)
         op = f" {e.text} " if blank else e.text
