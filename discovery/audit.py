@@ -31,7 +31,7 @@ import pandas as pd
 
 from features.cli import run
 from features.errors import StepMLError
-from features.io import atomic_write_bytes, atomic_write_text
+from features.io import atomic_write_bytes, atomic_write_text, json_safe
 
 BASELINES = ("naive", "blackbox", "blackbox-per-exp", "roofline-cal", "gbt")
 FORBIDDEN = ("open(", "import os", "import sys", "subprocess", "socket", "global ", "exec(", "eval(", "__import__",
@@ -313,13 +313,7 @@ def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
     ok = all(r["pass"] for r in inv.values())
     result = {"invariants": inv, "metrics": {"formula": doc["metrics"], "comparison": comp, "outside_range": beyond,
                                              "rounding": doc["rounding"]}}
-    return _clean(result), ok
-
-
-def _clean(obj: Any) -> Any:
-    from discovery.export import _clean as clean
-
-    return clean(obj)
+    return json_safe(result), ok
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import sympy
 from features import catalog
 from features.cli import run
 from features.errors import StepMLError
-from features.io import atomic_write_frame, atomic_write_json, atomic_write_text
+from features.io import atomic_write_frame, atomic_write_json, atomic_write_text, json_safe
 
 EXPORTED_DIR = Path("exported")
 ROUND_TOLERANCE = 0.1  # validation MAPE points
@@ -140,18 +140,6 @@ def _metrics(expr: sympy.Expr, dataset, split) -> tuple[dict[str, Any], Any]:
             "test_mspe": card.overall["test"]["mspe"], "per_experiment": per_exp}, card
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return _clean(obj.item())
-    return obj
-
-
 def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path | None = None,
            round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
     """Export one front member of a run; return the output folder."""
@@ -209,7 +197,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         "go": {"exported": go_reason is None, "reason": go_reason},
         "synthetic": bool(info.get("synthetic")),
     }
-    doc = _clean(doc)
+    doc = json_safe(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "formula.py", python_source(expr, used, name, doc))
     atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))

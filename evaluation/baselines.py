@@ -254,17 +254,18 @@ def format_leaderboard(rows: list[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(table["baseline"]))
     groups = list(dict.fromkeys(table["group"]))
     width = max(len(g) for g in groups) + 2
-    head = f"{'group':<{width}}" + "".join(f"{n:>28}" for n in names)
-    lines = [head, f"{'':<{width}}" + "".join(f"{'MAPE% [95% CI] / MSPE%':>28}" for _ in names)]
+    cell = 34
+    head = f"{'group':<{width}}" + "".join(f"{n:>{cell}}" for n in names)
+    lines = [head, f"{'':<{width}}" + "".join(f"{'MAPE% [95% CI] MSPE%':>{cell}}" for _ in names)]
     for g in groups:
         cells = []
         for n in names:
             r = table[(table["group"] == g) & (table["baseline"] == n)]
             if r.empty:
-                cells.append(f"{'-':>28}")
+                cells.append(f"{'-':>{cell}}")
                 continue
             r = r.iloc[0]
-            cells.append(f"{r['mape']:6.2f} [{r['ci'][0]:5.2f},{r['ci'][1]:6.2f}] {r['mspe']:+6.1f}".rjust(28))
+            cells.append(f" {r['mape']:7.2f} [{r['ci'][0]:7.2f},{r['ci'][1]:8.2f}] {r['mspe']:+7.1f}".rjust(cell))
         lines.append(f"{g:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
@@ -303,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise StepMLError(f"no baseline could run on {dataset.label}: {'; '.join(notes) or 'no rows'}")
     target = {"target.cycle_us": "cycle", "target.duration_us": "duration"}.get(dataset.target, dataset.target)
     if args.json:
-        print(json.dumps({"split": args.split, "target": target, "data": dataset.label, "rows": rows, "notes": notes}))
+        from features.io import json_safe
+
+        print(json.dumps(json_safe({"split": args.split, "target": target, "data": dataset.label, "rows": rows,
+                                    "notes": notes})))
     else:
         print(f"data: {dataset.label}   target: {target}   split: {args.split}   (test part)")
         print(format_leaderboard(rows))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 from features import catalog
 from features.cli import run
 from features.dataset import Dataset, load_dataset
+from features.io import json_safe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,18 +50,6 @@ def experiments_arg(args: argparse.Namespace) -> list[str] | None:
     return [e.strip() for e in value.split(",") if e.strip()] if value else None
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _clean(value.item())
-    return value
-
-
 def report(dataset: Dataset) -> dict[str, Any]:
     """The report as a JSON-ready dict."""
     frame, y = dataset.frame, dataset.y
@@ -78,7 +66,7 @@ def report(dataset: Dataset) -> dict[str, Any]:
     features = [{"name": f.name, "unit": f.unit, "availability": f.availability, "library": f.library,
                  "description": f.description, "available": f.name in available}
                 for f in catalog.registry().values()]
-    return _clean({
+    return json_safe({
         "source": dataset.source, "synthetic": dataset.synthetic, "kind": dataset.kind,
         "rows": int(len(frame)), "rows_without_target": dataset.dropped, "target": dataset.target,
         "target_median": float(np.median(y)), "target_mean": float(np.mean(y)),
