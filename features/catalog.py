@@ -87,7 +87,8 @@ def _compiled(definition: str) -> tuple[Callable[..., np.ndarray], tuple[str, ..
         parsed = sympy.sympify(definition)
         symbols = sorted(parsed.free_symbols, key=lambda s: s.name)
         inputs = tuple(s.name.replace("__", ".") for s in symbols)
-        fn = sympy.lambdify(symbols, parsed, modules=[{"Max": np.maximum, "Min": np.minimum}, "numpy"])
+        fn = sympy.lambdify(symbols, parsed, modules=[{"Max": np.maximum, "Min": np.minimum}, "numpy"],
+                            docstring_limit=0)
         expr = parsed.xreplace({s: sympy.Symbol(s.name.replace("__", ".")) for s in symbols})
         _COMPILED[definition] = (fn, inputs, expr)
     return _COMPILED[definition]

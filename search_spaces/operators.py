@@ -649,41 +649,67 @@ def _negative_number(e: sympy.Basic) -> bool:
     return bool(e.is_Number and e.is_negative)
 
 
-def _protect(expr: sympy.Basic, fns: Mapping[str, Any]) -> sympy.Basic:
-    """Rewrite ``expr`` so numpy evaluation follows the table's protected operators.
-
-    Divisions (negative numeric powers) become ``div(numerator, denominator)``,
-    ``log(1 + Abs(u))`` becomes ``log1p(u)``, and ``Max``/``Min`` become n-ary
-    elementwise reductions (sympy's numpy printer cannot broadcast a scalar
-    against an array in ``Max``).
-    """
+def _log1p_argument(expr: sympy.Basic) -> sympy.Basic | None:
+    """``u`` when ``expr`` is ``log(1 + Abs(u))`` (the table's log1p), else None."""
     import sympy
-    if expr.is_Atom:
-        return expr
-    if expr.is_Mul or (expr.is_Pow and _negative_number(expr.exp)):
-        factors = [expr] if expr.is_Pow else list(expr.args)
-        num: list[sympy.Basic] = []
-        den: list[sympy.Basic] = []
-        for f in factors:
-            if f.is_Pow and _negative_number(f.exp):
-                den.append(sympy.Pow(_protect(f.base, fns), -f.exp))
-            else:
-                num.append(_protect(f, fns))
-        if not den:
-            return sympy.Mul(*num)
-        return fns["div"](sympy.Mul(*num), sympy.Mul(*den))
     if isinstance(expr, sympy.log) and len(expr.args) == 1:
         inner = expr.args[0]
         if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
             other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
             if isinstance(other, sympy.Abs):
-                return fns["log1p"](_protect(other.args[0], fns))
-    args = [_protect(a, fns) for a in expr.args]
+                return other.args[0]
+    return None
+
+
+def _interpret(expr: sympy.Basic, env: Mapping[sympy.Symbol, np.ndarray]) -> np.ndarray:
+    """Evaluate ``expr`` on numpy arrays with the table's protected semantics (no code generation).
+
+    Divisions (negative numeric powers inside a product) are the protected
+    ``div(numerator, denominator)``, ``log(1 + Abs(u))`` is ``log1p(|u|)``,
+    ``Max``/``Min`` are elementwise. Walking the tree avoids sympy's printers,
+    which dominate the cost of scoring many one-off candidates.
+    """
+    import sympy
+    if expr.is_Symbol:
+        return env[expr]
+    if expr.is_Number:
+        return np.float64(float(expr))
+    if expr.is_Add:
+        total = _interpret(expr.args[0], env)
+        for a in expr.args[1:]:
+            total = total + _interpret(a, env)
+        return total
+    if expr.is_Mul or (expr.is_Pow and _negative_number(expr.exp)):
+        factors = [expr] if expr.is_Pow else list(expr.args)
+        num: Any = np.float64(1.0)
+        den: Any = None
+        for f in factors:
+            if f.is_Pow and _negative_number(f.exp):
+                d = _interpret(sympy.Pow(f.base, -f.exp), env)
+                den = d if den is None else den * d
+            else:
+                num = num * _interpret(f, env)
+        return num if den is None else _np_div(num, den)
+    if expr.is_Pow:
+        base = _interpret(expr.base, env)
+        if expr.exp == sympy.S.Half:
+            return np.sqrt(base)
+        return np.power(base, _interpret(expr.exp, env))
+    inner = _log1p_argument(expr)
+    if inner is not None:
+        return _np_log1p(_interpret(inner, env))
+    args = [_interpret(a, env) for a in expr.args]
     if isinstance(expr, sympy.Max):
-        return fns["max"](*args)
+        return _np_max_n(*args)
     if isinstance(expr, sympy.Min):
-        return fns["min"](*args)
-    return expr.func(*args)
+        return _np_min_n(*args)
+    simple = {sympy.Abs: np.abs, sympy.log: np.log, sympy.exp: np.exp, sympy.floor: np.floor,
+              sympy.ceiling: np.ceil}
+    for kind, fn in simple.items():
+        if isinstance(expr, kind):
+            return fn(*args)
+    fallback = sympy.lambdify(list(env), expr, modules="numpy", docstring_limit=0)
+    return fallback(*env.values())
 
 
 def lambdify_formula(
@@ -735,18 +761,11 @@ def lambdify_formula(
             f"features: {', '.join(features) if features else '(none)'}"
         )
     used = [f for f in features if sympy.Symbol(symbol_name(f)) in expr.free_symbols]
-    fns = {key: sympy.Function(f"stepml_{key}") for key in ("div", "log1p", "max", "min")}
-    namespace = {
-        "stepml_div": _np_div,
-        "stepml_log1p": _np_log1p,
-        "stepml_max": _np_max_n,
-        "stepml_min": _np_min_n,
-    }
-    compiled = sympy.lambdify(
-        [sympy.Symbol(symbol_name(f)) for f in used],
-        _protect(expr, fns),
-        modules=[namespace, "numpy"],
-    )
+    symbols = [sympy.Symbol(symbol_name(f)) for f in used]
+
+    def compiled(*arrays: np.ndarray) -> np.ndarray:
+        return _interpret(expr, dict(zip(symbols, arrays)))
+
     text = str(expr)
 
     def evaluate(data: Mapping[str, np.ndarray]) -> np.ndarray:
