@@ -21,6 +21,7 @@ from features.errors import StepMLError
 from features.io import atomic_write_bytes, atomic_write_text
 
 MARKS = ("best", "accuracy", "knee")
+REPLAY_COLUMNS = ("e2e_err", "ttft_err", "itl_err")
 
 
 def front_of(hof: pd.DataFrame) -> pd.DataFrame:
@@ -37,10 +38,46 @@ def loss_column(front: pd.DataFrame) -> str:
 
 
 def selections(front: pd.DataFrame) -> dict[str, int]:
-    """Row index of each selection in ``front``."""
+    """Row index of each selection in ``front`` (``e2e`` too when replay columns exist)."""
     col = loss_column(front)
     c, l = front["Complexity"].to_numpy(float), front[col].to_numpy(float)
-    return {kind: select(kind, c, l) for kind in MARKS}
+    marks = {kind: select(kind, c, l) for kind in MARKS}
+    if "e2e_err" in front.columns and front["e2e_err"].notna().any():
+        marks["e2e"] = int(front["e2e_err"].astype(float).fillna(np.inf).to_numpy().argmin())
+    return marks
+
+
+def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on: str | None = None,
+                   seed: int = 0) -> pd.DataFrame:
+    """Add the mean absolute E2E, TTFT and ITL replay errors (%) over ``experiments`` to each front row.
+
+    Each row's formula drives the continuous-batching replay
+    (:mod:`evaluation.replay`); ``calibrate_on`` first fits the client overheads on
+    that experiment, per row.
+    """
+    from discovery.rundir import expr_of
+    from evaluation.predictors import FormulaPredictor
+    from evaluation.replay import _resolve_experiment, calibrate_overheads, replay_experiment
+    from features import catalog
+
+    dirs = [_resolve_experiment(e) for e in experiments]
+    out = front.copy()
+    for col in REPLAY_COLUMNS:
+        out[col] = np.nan
+    for i, row in front.iterrows():
+        predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), name=f"row {i}")
+        overheads = calibrate_overheads(_resolve_experiment(calibrate_on), predictor, seed) if calibrate_on else {}
+        errs = {col: [] for col in REPLAY_COLUMNS}
+        for d in dirs:
+            try:
+                e = replay_experiment(d, predictor, seed, **overheads).errors()
+            except (ValueError, StepMLError):  # the formula gave a non-positive step time
+                e = {col: np.inf for col in REPLAY_COLUMNS}
+            for col in REPLAY_COLUMNS:
+                errs[col].append(abs(e[col]))
+        for col in REPLAY_COLUMNS:
+            out.loc[i, col] = float(np.mean(errs[col]))
+    return out
 
 
 def pick_row(front: pd.DataFrame, pick: str) -> int:
@@ -55,15 +92,16 @@ def pick_row(front: pd.DataFrame, pick: str) -> int:
 
 
 def front_table(front: pd.DataFrame, marks: dict[str, int]) -> str:
-    """Text table of the front with selection marks."""
+    """Text table of the front with selection marks (and replay errors when present)."""
     tags = {i: ",".join(k for k, v in marks.items() if v == i) for i in range(len(front))}
-    lines = [f"{'row':>3} {'cx':>3} {'train%':>7} {'val%':>7} {'test%':>7} {'score':>6} {'engine':<7} "
-             f"{'selected':<20} formula"]
+    replay = [c for c in REPLAY_COLUMNS if c in front.columns]
+    lines = [f"{'row':>3} {'cx':>3} {'train%':>7} {'val%':>7} {'test%':>7} {'score':>6} "
+             + "".join(f"{c.replace('_err', '%'):>7} " for c in replay) + f"{'engine':<7} {'selected':<20} formula"]
     for i, r in front.iterrows():
         lines.append(f"{i:>3} {int(r['Complexity']):>3} {float(r['Loss']) * 100:>7.2f} "
                      f"{float(r.get('val_mape', np.nan)):>7.2f} {float(r.get('test_mape', np.nan)):>7.2f} "
-                     f"{float(r.get('score', np.nan)):>6.3f} {str(r.get('engine', '')):<7} {tags[i]:<20} "
-                     f"{r['Equation']}")
+                     f"{float(r.get('score', np.nan)):>6.3f} " + "".join(f"{float(r[c]):>7.2f} " for c in replay)
+                     + f"{str(r.get('engine', '')):<7} {tags[i]:<20} {r['Equation']}")
     return "\n".join(lines)
 
 
@@ -98,20 +136,26 @@ def plot_front(front: pd.DataFrame, hof: pd.DataFrame, marks: dict[str, int], pa
 
 def report_md(run_dir: Path, info: dict, front: pd.DataFrame, marks: dict[str, int]) -> str:
     """The review as Markdown."""
+    replay = [c for c in REPLAY_COLUMNS if c in front.columns]
     lines = [f"# Run {run_dir.name}", "",
              f"- space: `{info.get('space')}`, engines: {', '.join(info.get('engines', []))}, seed {info.get('seed')}",
              f"- data: {info.get('data')} (hash `{info.get('data_hash')}`)"
              + (" — **SYNTHETIC demo data**" if info.get("synthetic") else ""),
              f"- target: `{info.get('target')}`, split: `{info.get('split')}` {info.get('fold') or ''}",
              f"- wall time: {info.get('wall_s')} s", "", "![front](pareto.png)", "",
-             "| row | complexity | train MAPE % | val MAPE % | test MAPE % | score | selected | formula |",
-             "|---:|---:|---:|---:|---:|---:|---|---|"]
+             "| row | complexity | train MAPE % | val MAPE % | test MAPE % | score | "
+             + "".join(f"{c} % | " for c in replay) + "selected | formula |",
+             "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(replay) + "---|---|"]
     for i, r in front.iterrows():
         tag = ", ".join(k for k, v in marks.items() if v == i)
         lines.append(f"| {i} | {int(r['Complexity'])} | {float(r['Loss']) * 100:.2f} | {float(r.get('val_mape', np.nan)):.2f} "
-                     f"| {float(r.get('test_mape', np.nan)):.2f} | {float(r.get('score', np.nan)):.3f} | {tag} "
-                     f"| `{r['Equation']}` |")
-    lines += ["", "Selections use the validation part only; test MAPE is reported, never used to choose.", ""]
+                     f"| {float(r.get('test_mape', np.nan)):.2f} | {float(r.get('score', np.nan)):.3f} | "
+                     + "".join(f"{float(r[c]):.2f} | " for c in replay) + f"{tag} | `{r['Equation']}` |")
+    lines += ["", "Selections use the validation part only; test MAPE is reported, never used to choose."]
+    if replay:
+        lines.append("Replay columns: mean absolute error (%) of the whole-run means over the replayed experiments "
+                     "(`e2e` marks the lowest E2E error).")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -119,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m discovery.review", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", default=None, help="run directory (default: the latest under results/)")
+    parser.add_argument("--experiments", nargs="+", default=None, metavar="DIR",
+                        help="replay every front member on these experiment folders (or ids) and add E2E/TTFT/ITL "
+                             "error columns; `e2e` then marks the lowest E2E error")
+    parser.add_argument("--calibrate-on", default=None, metavar="DIR",
+                        help="fit the client overheads on this experiment before replaying (see evaluation.replay)")
+    parser.add_argument("--seed", type=int, default=0, help="replay workload seed")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir) if args.run_dir else latest_run()
     if not run_dir.is_dir():
@@ -126,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hof = read_hof(run_dir)
     info = read_run_json(run_dir)
     front = front_of(hof)
+    if args.experiments:
+        front = replay_columns(front, args.experiments, args.calibrate_on, args.seed)
     marks = selections(front)
     print(f"run: {run_dir}   space: {info.get('space')}   data: {info.get('data')}")
     print(front_table(front, marks))

@@ -65,12 +65,14 @@ class FormulaPredictor:
         object.__setattr__(self, "_fn", lambdify_formula(self.expr, used))
 
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        """Evaluate the formula on canonical columns."""
-        values = catalog.compute_features(columns, self.features) if self.features else {}
+        """Evaluate the formula on canonical columns (a table, or one step's scalars)."""
         n = n_rows(columns)
+        if not self.features:
+            return np.full(n, float(self.expr))
+        values = catalog.compute_features(columns, self.features)
+        values = {k: np.broadcast_to(np.atleast_1d(v), (n,)) for k, v in values.items()}
         with np.errstate(all="ignore"):
-            out = np.asarray(self._fn(values) if values else self._fn({}), dtype=float)  # type: ignore[operator]
-        return np.broadcast_to(out, (n,)).astype(float) if out.ndim == 0 or out.shape[0] != n else out
+            return np.asarray(self._fn(values), dtype=float)  # type: ignore[operator]
 
 
 def _sym(feature: str) -> str:

@@ -373,7 +373,6 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
     # prompt k of the shuffled list -> its system prompt (group) id
     system_of = rng.permutation(np.repeat(np.arange(spec.num_groups), spec.num_prompts_per_group))
     parts = []
-    start = 0.0
     served = 0                                   # requests sent so far (multi-turn rounds)
     for s, stage in enumerate(profile.stages):
         t = stage_arrivals(stage, rng, arrivals)
@@ -389,7 +388,6 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
             "stage": np.full(n, s, dtype=np.int64), "stage_index": j, "stage_time_s": t,
             "prompt_id": prompt.astype(np.int64), "round": rnd.astype(np.int64)}))
         served += n
-        start += stage.duration + stage_gap_s
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["stage", "stage_index", "stage_time_s", "prompt_id", "round"])
     frame.insert(0, "request", np.arange(len(frame), dtype=np.int64))

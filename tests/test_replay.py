@@ -169,6 +169,15 @@ def test_requests_from_table_aliases_and_errors():
         requests_from_table(table.assign(prompt_tokens=[0, 1, 2]))
 
 
+def test_generated_counts_match_every_published_stage(real_path):
+    root = real_path("blis/experiments")
+    for exp in sorted(p for p in root.iterdir() if (p / "profile.yaml").is_file()):
+        counts = requests_from_profile(experiment_profile(exp), seed=0)["stage"].value_counts().to_dict()
+        for stage, n in counts.items():
+            report_path = exp / "results" / f"stage_{stage}_lifecycle_metrics.json"
+            assert json.loads(report_path.read_text())["load_summary"]["count"] == n, (exp.name, stage)
+
+
 def test_requests_from_real_request_spans(real_path):
     from features.otlp import read_request_spans
 
@@ -316,7 +325,7 @@ def test_cli_json_on_a_tiny_experiment(tmp_path, isolated_metadata, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--predictor", "model.json", "--experiments", "{exp}"], "not supported yet"),
+    (["--predictor", "{tmp}/model.json", "--experiments", "{exp}"], "artifact not found"),
     (["--predictor", "baseline:nope", "--experiments", "{exp}"], "unknown baseline"),
     (["--predictor", "{tmp}/no_run", "--experiments", "{exp}"], "predictor not found"),
     (["--predictor", "{run}", "--experiments", "{tmp}/no_exp"], "experiment directory not found"),
@@ -333,3 +342,31 @@ def test_cli_errors_exit_2(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluation.replay: error:") and message in lines[0]
+
+
+def test_review_adds_replay_columns_and_an_e2e_selection(tmp_path, capsys, monkeypatch):
+    """discovery.review --experiments replays every front member; `e2e` marks the lowest E2E error."""
+    from discovery import review
+
+    monkeypatch.setenv("STEPML_DATA", str(tmp_path / "empty"))
+    results = {"stage_0_lifecycle_metrics.json": report(0.025, 0.010, 0.020 / 7),
+               "summary_lifecycle_metrics.json": report(0.025, 0.010, 0.020 / 7, prompt_len=20.0)}
+    exp = make_experiment(tmp_path, profile=profile_dict(((1.0, 1.0),)), results=results)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    pd.DataFrame({"Complexity": [1, 3], "Loss": [0.5, 0.4], "Equation": ["1000.0", "3000.0 + 0.0*tp"],
+                  "val_mape": [5.0, 4.0], "front": [True, True]}).to_csv(run_dir / "hall_of_fame.csv", index=False)
+    (run_dir / "run.json").write_text(json.dumps({"space": "linear", "data": "test"}))
+    with pytest.raises(SystemExit) as exc:
+        from features.cli import run as run_cli
+
+        run_cli(review.main, [str(run_dir), "--experiments", str(exp)], prog="test")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "e2e%" in out and "ttft%" in out and "itl%" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    e2e = {k: float(v[6]) for k, v in rows.items()}
+    assert all(np.isfinite(list(e2e.values())))
+    best = min(e2e, key=e2e.get)
+    assert "e2e" in " ".join(rows[best][9:])
+    assert "e2e_err %" in (run_dir / "report.md").read_text()
