@@ -704,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m evaluation.replay",
         description="Replay inference-perf experiments with a step-time predictor; compare request latencies.")
-    parser.add_argument("--predictor", required=True, help="RUN_DIR[:ROW] (ROW = best|accuracy|knee|N) or baseline:NAME")
+    parser.add_argument("--predictor", required=True, help="RUN_DIR[:ROW] (ROW = best|accuracy|knee|N), ARTIFACT.json (or an export "
+                             "folder) or baseline:NAME")
     parser.add_argument("--experiments", required=True, nargs="+", metavar="DIR",
                         help="experiment directories (blis/experiments/<id>) or experiment ids")
     parser.add_argument("--fit-data", default=None,
