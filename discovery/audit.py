@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -192,8 +191,6 @@ def outside_range(predictor, dataset, split) -> dict[str, Any]:
 
 def plots(export_dir: Path, predictor, dataset, split) -> list[str]:
     """Residual plots (PNG) into the export folder; returns the file names."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -215,25 +212,29 @@ def plots(export_dir: Path, predictor, dataset, split) -> list[str]:
     axes[1].set_xlabel("predicted (ms)"), axes[1].set_ylabel("residual (%)")
     axes[2].hist(res[split.test], bins=60, color="C3")
     axes[2].set_xlabel("test residual (%)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(export_dir / "residuals.png", buffer.getvalue())
-    names.append("residuals.png")
+    names.append(_save_png(fig, export_dir / "residuals.png"))
     if "batch.num_decode_reqs" in dataset.frame.columns:
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
         bs = (dataset.frame["batch.num_decode_reqs"] + dataset.frame["batch.num_prefill_reqs"]).to_numpy()
         ax.scatter(bs[split.test], res[split.test], s=3, color="C3")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("batch size (requests)"), ax.set_ylabel("test residual (%)")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        atomic_write_bytes(export_dir / "residuals_batch.png", buffer.getvalue())
-        names.append("residuals_batch.png")
+        names.append(_save_png(fig, export_dir / "residuals_batch.png"))
     return names
+
+
+def _save_png(fig: Any, path: Path) -> str:
+    """Write a matplotlib figure atomically as PNG, close it, return the file name."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path.name
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from features.errors import StepMLError
+
+if TYPE_CHECKING:
+    import sympy
 
 Columns = Mapping[str, "np.ndarray | pd.Series | float"]
 AVAILABILITY = ("simulator", "trace", "leaky")

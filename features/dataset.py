@@ -29,8 +29,8 @@ import pandas as pd
 from features import catalog
 from features.colmap import ColumnMap, apply_colmap, load_colmap, shipped_maps
 from features.errors import StepMLError
-from features.metadata import ExperimentMeta, arch_columns, experiment_meta, metadata_roots, parse_experiment_name
-from features.schema import (ANALYSIS_COLUMNS, BATCH_SUMMARY_COLUMNS, LEAKY_COLUMNS, REQUIRED_STEP_COLUMNS,
+from features.metadata import ExperimentMeta, arch_columns, experiment_meta, metadata_roots
+from features.schema import (ANALYSIS_COLUMNS, LEAKY_COLUMNS, REQUIRED_STEP_COLUMNS,
                              add_kv_tokens, coerce_columns, require_columns)
 from features.targets import DEFAULT_MAX_GAP, add_targets, sampling_stats, target_column
 

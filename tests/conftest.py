@@ -248,3 +248,27 @@ def _otlp_line_fixture():
 @pytest.fixture(name="step_span", scope="session")
 def _step_span_fixture():
     return step_span
+
+
+# -- command-line entry points ------------------------------------------------------------------
+#: Search options small enough for tests (a few seconds on the demo data).
+SMALL_SEARCH = ["--generations", "3", "--population", "24", "--islands", "1", "--budget", "60", "--quiet"]
+
+
+def run_main(main, argv) -> int:
+    """Run a CLI ``main`` through :func:`features.cli.run` in-process; return its exit status."""
+    from features.cli import run
+
+    with pytest.raises(SystemExit) as exc:
+        run(main, argv, prog="test")
+    return exc.value.code
+
+
+@pytest.fixture(scope="session")
+def linear_run(tmp_path_factory) -> Path:
+    """One small `linear`-space search on the demo data (seed 3), shared by the CLI tests."""
+    from discovery import search
+
+    path = tmp_path_factory.mktemp("runs") / "linear"
+    assert run_main(search.main, ["--space", "linear", "--seed", "3", "--run-dir", str(path)] + SMALL_SEARCH) == 0
+    return path

@@ -10,26 +10,17 @@ import pandas as pd
 import pytest
 import sympy
 
-from discovery import audit, export, search
+from discovery import audit, export
 from discovery.formula import load_artifact, run_data
 from discovery.rundir import HofRow, write_hof
 from evaluation.scorer import score
-from features.cli import run
 
-SMALL = ["--generations", "3", "--population", "24", "--islands", "1", "--budget", "60", "--quiet"]
-
-
-def _run(main, argv):
-    with pytest.raises(SystemExit) as exc:
-        run(main, argv, prog="test")
-    return exc.value.code
+from conftest import run_main as _run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs") / "r"
-    assert _run(search.main, ["--space", "linear", "--seed", "1", "--run-dir", str(path)] + SMALL) == 0
-    return path
+def run_dir(linear_run):
+    return linear_run
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,14 @@ import pandas as pd
 import pytest
 
 from discovery import review, search
-from features.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--generations", "3", "--population", "24", "--islands", "1", "--budget", "60", "--quiet"]
-
-
-def _run(main, argv):
-    with pytest.raises(SystemExit) as exc:
-        run(main, argv, prog="test")
-    return exc.value.code
+from conftest import SMALL_SEARCH as SMALL, run_main as _run
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("runs") / "a"
-    assert _run(search.main, ["--space", "linear", "--seed", "3", "--run-dir", str(path)] + SMALL) == 0
-    return path
+def run_dir(linear_run):
+    return linear_run
 
 
 def test_run_directory_has_pysr_style_hall_of_fame(run_dir):
