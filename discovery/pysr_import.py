@@ -76,7 +76,7 @@ class PySRTable:
         self.exprs = []
         for i, row in frame.reset_index(drop=True).iterrows():
             text = row["Equation"]
-            if not isinstance(text, str) or not text.strip():
+            if not text.strip():
                 raise StepMLError(f"{source}: row {i + 1}: empty equation")
             try:
                 self.exprs.append(_tidy(parse_formula(text, self.features)))
@@ -99,6 +99,10 @@ class PySRTable:
             out.append(Candidate(expr, int(complexity(expr)), float(loss), "pysr", prov, _n_constants(expr)))
         return out
 
+    def stats(self) -> dict[str, object]:
+        """What the import did, for ``run.json``."""
+        return {"imported_from": str(self.source), "equations": len(self.exprs)}
+
 
 def read_pysr_table(path: str | Path, features: Sequence[str]) -> PySRTable:
     """Read and parse a PySR hall of fame (one-line :class:`StepMLError` on any problem)."""
@@ -106,7 +110,7 @@ def read_pysr_table(path: str | Path, features: Sequence[str]) -> PySRTable:
 
     source = hall_of_fame_path(path)
     try:
-        frame = pd.read_csv(source)
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises several types for broken CSVs
         raise StepMLError(f"{source}: cannot read as CSV ({type(exc).__name__}: {exc})") from None
     frame.columns = [str(c).strip() for c in frame.columns]

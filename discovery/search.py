@@ -215,7 +215,7 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     per_engine_budget = args.budget / len(engines)
     if imported is not None:
         candidates = imported.candidates(problem)
-        stats["pysr"] = {"imported_from": str(imported.source), "equations": len(candidates)}
+        stats["pysr"] = imported.stats()
     with _mapper(args) as mapper:
         for name in ([] if imported is not None else engines):
             settings = {"budget_s": per_engine_budget, "generations": args.generations,

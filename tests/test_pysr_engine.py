@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import sympy
@@ -97,7 +97,8 @@ def test_every_table_operator_weighted_loss_and_cluster():
         "complexity_of_constants": 1,
         "complexity_of_variables": 1,
         "constraints": {"sqrt_abs": 10, "log1p_abs": 10, "square": 10, "cube": 10, "/": (-1, 10)},
-        "nested_constraints": {"sqrt_abs": {"sqrt_abs": 0, "log1p_abs": 0}, "log1p_abs": {"sqrt_abs": 0, "log1p_abs": 0},
+        "nested_constraints": {"sqrt_abs": {"sqrt_abs": 0, "log1p_abs": 0},
+                               "log1p_abs": {"sqrt_abs": 0, "log1p_abs": 0},
                                "square": {"square": 0, "cube": 0}, "cube": {"square": 0, "cube": 0}},
         "maxsize": 20,
         "maxdepth": 6,
@@ -204,6 +205,7 @@ def test_engine_with_a_stand_in_pysr(monkeypatch):
                                             "equation": ["5000.0", "(x1 * 250.0) + 5600.0", "bad((x0"]})
             return self
 
+    monkeypatch.delenv("PYTHON_JULIAPKG_OFFLINE", raising=False)  # the engine sets it; restored after the test
     monkeypatch.setitem(sys.modules, "pysr", types.SimpleNamespace(PySRRegressor=FakeRegressor))
     monkeypatch.setattr(pysr_engine, "julia_status", lambda timeout_s=0: (True, "stand-in"))
     dataset = load_dataset(None)
@@ -212,18 +214,21 @@ def test_engine_with_a_stand_in_pysr(monkeypatch):
     engine = PySREngine({"budget_s": 30, "seed": 5})
     cands = engine.search(problem)
     assert calls["init"]["random_state"] == 5 and calls["init"]["parallelism"] == "serial"
+    assert os.environ["PYTHON_JULIAPKG_OFFLINE"] == "yes"
     assert "variable_names" not in calls["init"]
     shape, yshape, fit = calls["fit"]
     assert shape == (len(problem.y_train), 2) and fit == {"variable_names": ["prefill_tokens", "decode_tokens"]}
     assert [str(c.expr) for c in cands] == ["5000.00000000000", "250.0*decode_tokens + 5600.0"]
     assert all(c.engine == "pysr" for c in cands)
     assert math.isclose(cands[1].loss, formula_losses(cands[1].expr, problem)[0])
-    assert engine.stats_["equations"] == 3 and engine.stats_["candidates"] == 2
+    stats = engine.stats_
+    assert (stats["equations"], stats["candidates"], stats["skipped_unparsable"]) == (3, 2, 1)
 
 
 # -- --import-pysr -----------------------------------------------------------------------------------
 
-HOF_X = "Complexity,Loss,Equation\n1,4.1e6,5000.0\n5,1.2e6,(x1 * 250.0) + 5600.0\n9,9.0e5,((x0 * 9.2) + (x1 * 247.0)) + 5440.0\n"
+HOF_X = ("Complexity,Loss,Equation\n1,4.1e6,5000.0\n5,1.2e6,(x1 * 250.0) + 5600.0\n"
+         "9,9.0e5,((x0 * 9.2) + (x1 * 247.0)) + 5440.0\n")
 HOF_NAMES = HOF_X.replace("x0", "prefill_tokens").replace("x1", "decode_tokens")
 
 
@@ -266,7 +271,7 @@ def test_import_x_names_and_feature_names_give_the_same_run(tmp_path):
 def test_import_prefers_the_bak_file(tmp_path):
     d = tmp_path / "pysr"
     d.mkdir()
-    (d / "hall_of_fame.csv").write_text("Complexity,Loss,Equation\n1,1.0,5000.0\n")
+    (d / "hall_of_fame.csv").write_text("Complexity,Loss,Equation\n3,1.0,x0 * 2.0\n")
     (d / "hall_of_fame.csv.bak").write_text(HOF_X)
     code, out = _import(tmp_path, d)
     assert code == 0

@@ -453,7 +453,8 @@ def _seed_trees(op: Any, formulas: Sequence[str], features: Sequence[str], input
     return trees, bad
 
 
-def _to_nodes(op: Any, e: Any, hashes: Mapping[Any, int], allowed: set[str], types: Mapping[str, Any]) -> list[Any]:
+def _to_nodes(op: Any, e: Any, hashes: Mapping[Any, int], allowed: set[str],
+              types: Mapping[str, Any]) -> list[Any]:
     """Postfix Operon nodes of a sympy expression (Operon stores ``A op B`` as ``B, A, op``)."""
     import sympy
 
@@ -549,8 +550,6 @@ class OperonEngine:
             done = self._restore(resume_state, fingerprint, problem)
             if done is not None:
                 return done
-        if unsupported:
-            print(f"warning: operon engine cannot express: {'; '.join(unsupported)}", file=sys.stderr)
         import pyoperon as op
 
         scorer = TrainingScorer(problem)
@@ -589,6 +588,8 @@ class OperonEngine:
         if unexpressed:
             unsupported.append(f"seed formula(s) {'; '.join(unexpressed)} (not expressible with the "
                                "space's Operon operators or limits)")
+        if unsupported:
+            print(f"warning: operon engine cannot express: {'; '.join(unsupported)}", file=sys.stderr)
         creator = op.BalancedTreeCreator(pset, inputs, 0.0)
         coeff_init = op.UniformRealCoefficientAnalyzer()
         coeff_init.ParameterizeDistribution(*options["coefficient_range"])

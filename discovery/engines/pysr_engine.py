@@ -35,7 +35,8 @@ operator weights           ``complexity_of_operators`` (the table's weights);
                            the space are left out and reported
 ``monotone_in``            not expressible (reported; the returned
                            candidates' losses include the probe penalty, as DEAP's)
-budget_s                   ``timeout_in_seconds``
+budget_s                   ``timeout_in_seconds`` (the rest of the budget once Julia is
+                           checked; Julia's start-up and compilation come on top)
 generations                ``niterations``
 islands / population       ``populations`` / ``population_size``
 seed                       ``random_state``; with ``deterministic`` (default:
@@ -185,7 +186,8 @@ def _guess(text: str, features: Sequence[str], space_ops: Sequence[str]) -> str 
         return None
     stripped = _FUNCTION.sub("(", source)
     symbols = {symbol_name(f) for f in features}
-    if any(word not in symbols for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"\d[eE][-+]?\d", "", stripped))):
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"\d[eE][-+]?\d", "", stripped))
+    if any(word not in symbols for word in words):
         return None
     body = re.sub(r"\d[eE][-+]\d", "", stripped)  # exponent signs are not operators
     if "^" in body or "**" in body:
@@ -368,7 +370,8 @@ class PySREngine:
         fit = {k: kwargs.pop(k) for k in FIT_KEYS if k in kwargs}
         remaining = s.budget_s - (time.perf_counter() - t0)
         kwargs["timeout_in_seconds"] = max(1.0, remaining)
-        from pysr import PySRRegressor  # checked above: Julia is there, nothing is downloaded
+        os.environ.setdefault("PYTHON_JULIAPKG_OFFLINE", "yes")  # as checked: never download during a search
+        from pysr import PySRRegressor
 
         model = PySRRegressor(**kwargs)
         X = np.column_stack([np.asarray(problem.X_train[f], dtype=np.float64) for f in problem.features])
@@ -377,35 +380,34 @@ class PySREngine:
             fit["weights"] = np.asarray(problem.w_train, dtype=np.float64)
         model.fit(X, y, **fit)
         equations = list(model.equations_["equation"])
-        candidates = equations_to_candidates(equations, problem, "pysr", "pysr hall of fame", strict=False)
+        candidates, skipped = equations_to_candidates(equations, problem, "pysr", "pysr hall of fame")
         from discovery.engines.operon_engine import pareto_candidates
 
         front = pareto_candidates(candidates)
         self.stats_ = {"wall_s": time.perf_counter() - t0, "equations": len(equations), "candidates": len(front),
+                       "skipped_unparsable": skipped["unparsable"],
                        "unsupported": unsupported,
                        "kwargs": {k: v for k, v in kwargs.items() if k != "extra_sympy_mappings"}}
         return front
 
 
-def equations_to_candidates(equations: Sequence[str], problem: "Problem", engine: str, provenance: str,
-                            strict: bool = True, labels: Sequence[str] | None = None) -> list["Candidate"]:
-    """Candidates of PySR equation strings on ``problem`` (loss = training MRE + probe penalty, as DEAP;
-    complexity from the table). ``strict``: an unparsable equation raises (naming ``labels[i]``),
-    else it is skipped."""
+def equations_to_candidates(equations: Sequence[str], problem: "Problem", engine: str,
+                            provenance: str) -> tuple[list["Candidate"], dict[str, int]]:
+    """Candidates of PySR equation strings on ``problem`` (loss = training MRE + probe penalty, as
+    DEAP; complexity from the table), and the number of ``unparsable`` equations left out."""
     from discovery.candidate import Candidate
     from discovery.engines.operon_engine import TrainingScorer, _n_constants, _tidy
     from search_spaces.operators import complexity, lambdify_formula, parse_formula
 
     scorer = TrainingScorer(problem)
     out = []
-    for i, text in enumerate(equations):
+    skipped = {"unparsable": 0}
+    for text in equations:
         try:
             expr = _tidy(parse_formula(str(text), problem.features))
-        except StepMLError as exc:
-            if strict:
-                where = labels[i] if labels is not None else f"equation {i}"
-                raise StepMLError(f"{where}: {exc}") from None
+        except StepMLError:
+            skipped["unparsable"] += 1
             continue
         loss, _, _ = scorer.loss(lambdify_formula(expr, problem.features))
         out.append(Candidate(expr, int(complexity(expr)), float(loss), engine, provenance, _n_constants(expr)))
-    return out
+    return out, skipped
