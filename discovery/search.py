@@ -275,12 +275,15 @@ class _progress:
         self.bar = tqdm(total=self.total, desc=f"{self.engine}", unit="gen", leave=False)
         return self.update
 
-    def update(self, generation: int, best_loss: float, front_size: int, elapsed_s: float) -> None:
+    def update(self, generation: int, best_loss: float, front_size: int, elapsed_s: float,
+               best_val_loss: float | None = None) -> None:
         if self.bar is None:
             return
         self.bar.n = min(generation, self.total)
-        self.bar.set_postfix_str(f"best train MAPE {best_loss * 100:.2f}%  front {front_size}  "
-                                 f"left {max(0.0, self.budget - elapsed_s):.0f}s", refresh=False)
+        shown = f"best val MAPE {best_val_loss * 100:.2f}%" if best_val_loss is not None else \
+            f"best train MAPE {best_loss * 100:.2f}%"
+        self.bar.set_postfix_str(f"{shown}  front {front_size}  left {max(0.0, self.budget - elapsed_s):.0f}s",
+                                 refresh=False)
         self.bar.refresh()
 
     def __exit__(self, *exc: Any) -> None:

@@ -209,6 +209,7 @@ def test_progress_and_stats(small_run):
     assert best[-1] == pytest.approx(min(c.loss for c in candidates))
     assert all(c[2] >= 1 for c in calls)
     assert [c[3] for c in calls] == sorted(c[3] for c in calls)
+    assert all(len(c) == 5 and 0 < c[4] < 1 for c in calls)  # best entry's validation relative error
     stats = engine.stats_
     assert stats["generations"] == SMALL.generations and stats["stopped_by"] == "generations"
     assert stats["node_evals_per_s"] > 1e6 and stats["wall_s"] > 0

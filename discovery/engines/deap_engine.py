@@ -594,7 +594,7 @@ class DeapEngine:
         self.stats_: dict[str, Any] = {}
 
     def search(self, problem: "Problem", mapper: Callable[..., Iterable[Any]] | None = None,
-               progress: Callable[[int, float, int, float], None] | None = None,
+               progress: Callable[..., None] | None = None,
                checkpoint: Callable[[dict[str, Any]], None] | None = None,
                resume_state: Mapping[str, Any] | None = None) -> list["Candidate"]:
         """Search ``problem``; returns the Pareto set (loss × complexity) as candidates sorted by complexity.
@@ -606,7 +606,8 @@ class DeapEngine:
             ``map``-like callable for fitness evaluation (default: builtin ``map``);
             see :mod:`discovery.engines.parallel`.
         progress : callable, optional
-            ``progress(generation, best_loss, front_size, elapsed_s)`` after every generation.
+            ``progress(generation, best_loss, front_size, elapsed_s, best_val_loss)`` after every
+            generation (``best_val_loss``: validation mean relative error of the best training entry).
         checkpoint : callable, optional
             ``checkpoint(state)`` after every generation with a picklable state dict.
         resume_state : mapping, optional
@@ -872,6 +873,22 @@ class _Run:
             if cx not in self.hof or r.loss < self.hof[cx][1].loss:
                 self.hof[cx] = (r.tree, r, ind.provenance)
 
+    def _best_val_loss(self) -> float:
+        """Validation mean relative error of the best training entry (shown by progress bars)."""
+        if not self.hof or not len(self.problem.y_val):
+            return math.inf
+        tree, r, _ = min(self.hof.values(), key=lambda entry: entry[1].loss)
+        ev = self.evaluator
+        nodes = _parse(tree, ev.arity, ev._symset)
+        consts = [v for k, v in nodes if k == _CONST]
+        y = np.asarray(self.problem.y_val, dtype=np.float64)
+        X = [np.asarray(self.problem.X_val[f], dtype=np.float64) for f in self.problem.features]
+        with np.errstate(all="ignore"):
+            pred = r.a * ev._run(ev.compile(nodes), consts, X, y.shape[0]) + r.b
+        if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
+            return math.inf
+        return float(np.mean(np.abs(pred - y) / y))
+
     def _front_size(self) -> int:
         size, best = 0, math.inf
         for cx in sorted(self.hof):
@@ -973,7 +990,8 @@ class _Run:
             self.stall += 1
         self.best = min(self.best, best)
         if self.progress is not None:
-            self.progress(self.generation, self.best, self._front_size(), time.perf_counter() - self.t0)
+            self.progress(self.generation, self.best, self._front_size(), time.perf_counter() - self.t0,
+                          self._best_val_loss())
         if self.checkpoint is not None:
             self.checkpoint(self.state())
 
