@@ -222,7 +222,8 @@ def test_experiment_meta_from_tmp_files(tmp_path, isolated_metadata):
 def test_experiment_meta_for_a_trace_folder_finds_the_server_config(real_path):
     traces = real_path("blis/otel_step_traces")
     meta = experiment_meta("20260218-150304-codellama-34b-tp2-general", metadata_roots(traces))
-    assert meta.directory == traces.parent / "experiments" / "20260218-150304-codellama-34b-tp2-general"
+    expected = traces.parent / "experiments" / "20260218-150304-codellama-34b-tp2-general"
+    assert meta.directory.resolve() == expected.resolve()
     assert meta.server is not None and meta.server.model_id == "codellama/CodeLlama-34b-Instruct-hf"
     assert meta.server.tp == 2 and meta.server.max_num_seqs == 128
     assert meta.arch.name == "CodeLlama-34b-Instruct-hf"
