@@ -119,10 +119,21 @@ def plot_front(front: pd.DataFrame, hof: pd.DataFrame, marks: dict[str, int], pa
     ax.scatter(hof["Complexity"], hof[col], s=12, color="0.75", label="candidates")
     ax.step(front["Complexity"], front[col], where="post", color="C0", lw=1.2)
     ax.scatter(front["Complexity"], front[col], s=22, color="C0", label="front", zorder=3)
-    for kind, i in marks.items():
-        ax.annotate(kind, (front["Complexity"].iloc[i], front[col].iloc[i]), textcoords="offset points",
+    for i in range(len(front)):
+        ax.annotate(str(i), (front["Complexity"].iloc[i], front[col].iloc[i]), textcoords="offset points",
+                    xytext=(-4, -12), fontsize=7, color="C0")
+    for i in sorted(set(marks.values())):
+        label = ", ".join(k for k, v in marks.items() if v == i)
+        ax.annotate(label, (front["Complexity"].iloc[i], front[col].iloc[i]), textcoords="offset points",
                     xytext=(6, 8), fontsize=8, color="C3")
-    ax.set_yscale("log")
+    values = pd.to_numeric(hof[col], errors="coerce").to_numpy(float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() / values.min() > 10:  # log scale only for a wide range
+        from matplotlib.ticker import FormatStrFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("complexity")
     ax.set_ylabel("validation MAPE (%)" if col == "val_mape" else "loss")
     ax.set_title(title, fontsize=9)
