@@ -99,6 +99,7 @@ from evaluation.scheduler import SchedulerConfig, simulate
 from evaluation.workloads import (STAGE_WARMUP_S, Profile, experiment_profile, place_stages,
                                   requests_from_profile, to_workload)
 from features.errors import StepMLError
+from features.io import json_safe
 from features.metadata import (ExperimentMeta, arch_columns, default_data_root, experiment_meta,
                                find_experiment_dir, load_server_config, metadata_roots, parse_experiment_name)
 
@@ -210,7 +211,7 @@ class ReplayResult:
             "wall_seconds": self.wall_seconds,
             "notes": list(self.notes),
         })
-        return _clean(out)
+        return json_safe(out)
 
 
 # -- experiment set-up ---------------------------------------------------------------------------
@@ -545,18 +546,6 @@ def _summary(table: pd.DataFrame, lines: Ragged, mask: np.ndarray) -> LifecycleS
     sub = table.loc[done]
     return summarize_lifecycle(sub["start_s"].to_numpy(), sub["end_s"].to_numpy(), lines.subset(done),
                                sub["input_tokens"].to_numpy(), sub["output_tokens"].to_numpy())
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _clean(value.item())
-    return value
 
 
 # -- calibration of the client-side overheads -------------------------------------------------------
