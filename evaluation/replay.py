@@ -548,6 +548,63 @@ def _summary(table: pd.DataFrame, lines: Ragged, mask: np.ndarray) -> LifecycleS
                                sub["input_tokens"].to_numpy(), sub["output_tokens"].to_numpy())
 
 
+# -- replay of a per-request table (llm_request spans) ---------------------------------------------
+
+def is_request_trace(path: str | Path) -> bool:
+    """True for a folder holding ``traces.json`` request spans and ``exp-config.yaml`` (no inference-perf run)."""
+    path = Path(path)
+    return path.is_dir() and (path / "exp-config.yaml").is_file() and any(
+        (path / name).is_file() for name in ("traces.json", "traces.json.gz"))
+
+
+def replay_request_trace(trace_dir: str | Path, predictor: Any, queue_overhead_s: float = 0.0,
+                         data_root: str | Path | None = None) -> dict[str, Any]:
+    """Replay the requests of vLLM ``llm_request`` spans (arrival, prompt and completion tokens).
+
+    The server-side latencies the spans measured (``gen_ai.latency.e2e``,
+    ``gen_ai.latency.time_to_first_token``) are compared with the simulated ones,
+    like with like (no client streaming involved). Returns the JSON-ready entry
+    ``{"e2e_err", "ttft_err", "predicted": {...}, "measured": {...}, ...}`` with
+    absolute errors in percent of the measured means.
+    """
+    from features.otlp import read_request_spans
+    from evaluation.workloads import requests_from_table
+
+    trace_dir = Path(trace_dir)
+    trace = next(trace_dir / n for n in ("traces.json", "traces.json.gz") if (trace_dir / n).is_file())
+    spans = read_request_spans(trace)
+    reqs = requests_from_table(spans, source=str(trace))
+    reqs["arrival_s"] = reqs["arrival_s"] + queue_overhead_s
+    roots = _roots_for(trace_dir, Path(data_root) if data_root else None)
+    server = load_server_config(trace_dir / "exp-config.yaml")
+    base = experiment_meta(trace_dir.name, roots, model=server.model_id.rsplit("/", 1)[-1] or trace_dir.name,
+                           tp=server.tp)
+    meta = ExperimentMeta(base.experiment_id, base.model, base.workload, server.tp, trace_dir, server,
+                          base.arch, base.hardware)
+    blocks, kv_source = kv_blocks_for(meta, roots)
+    config = scheduler_config(trace_dir, blocks)
+    constants: dict[str, Any] = dict(arch_columns(meta.arch, meta.hardware, meta.tp))
+    constants.update({"experiment_id": meta.experiment_id, "model": meta.model, "workload": meta.workload,
+                      "tp": float(meta.tp)})
+    pname = str(getattr(predictor, "name", type(predictor).__name__))
+    try:
+        sim = simulate(to_workload(reqs), config, step_time_function(predictor, constants))
+    except ValueError as exc:
+        raise StepMLError(f"{trace_dir.name}: replay with {pname} failed: {exc}") from None
+    out = sim.requests
+    predicted = {"e2e_s": float(np.nanmean(out["e2e_s"])), "ttft_s": float(np.nanmean(out["ttft_s"])),
+                 "requests": int(len(out))}
+    measured = {"e2e_s": float(spans["e2e_s"].mean()), "ttft_s": float(spans["ttft_s"].mean()),
+                "requests": int(len(spans))}
+    return json_safe({
+        "e2e_err": abs(relative_error(predicted["e2e_s"], measured["e2e_s"])),
+        "ttft_err": abs(relative_error(predicted["ttft_s"], measured["ttft_s"])),
+        "itl_err": None, "tpot_err": None, "throughput_err": None,
+        "predicted": predicted, "measured": measured, "kind": "request trace (server-side latencies)",
+        "kv_blocks": blocks, "kv_source": kv_source, "steps": int(len(sim.steps)),
+    })
+
+
 # -- calibration of the client-side overheads -------------------------------------------------------
 
 def calibrate_overheads(exp_dir: str | Path, predictor: Any, seed: int = 0, **kwargs: Any) -> dict[str, float]:
@@ -696,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor", required=True, help="RUN_DIR[:ROW] (ROW = best|accuracy|knee|N), ARTIFACT.json (or an export "
                              "folder) or baseline:NAME")
     parser.add_argument("--experiments", required=True, nargs="+", metavar="DIR",
-                        help="experiment directories (blis/experiments/<id>) or experiment ids")
+                        help="experiment directories (blis/experiments/<id>) or experiment ids; a folder with "
+                             "llm_request spans (traces.json) and exp-config.yaml is replayed from its requests")
     parser.add_argument("--fit-data", default=None,
                         help="step data a baseline is fitted on (default: <data root>/blis/steps/enriched_steps.parquet)")
     parser.add_argument("--fit-experiments", default=None, help="comma-separated experiment ids to fit a baseline on")
@@ -730,7 +788,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"calibrated on {Path(args.calibrate_on).name}: queue overhead "
                   f"{calibration['queue_overhead_s'] * 1e3:.2f} ms, end overhead {calibration['end_overhead_s'] * 1e3:.2f} ms")
     results = {}
-    for exp in experiments:
+    traces = {}
+    for exp in [e for e in experiments if is_request_trace(e)]:
+        traces[exp.name] = replay_request_trace(exp, predictor, overheads["queue_overhead_s"])
+        if not args.json:
+            t = traces[exp.name]
+            print(f"{exp.name} (request trace, server-side latencies): mean E2E predicted "
+                  f"{t['predicted']['e2e_s']:.3f} s vs measured {t['measured']['e2e_s']:.3f} s "
+                  f"(|err| {t['e2e_err']:.1f} %), mean TTFT {t['predicted']['ttft_s'] * 1e3:.1f} ms vs "
+                  f"{t['measured']['ttft_s'] * 1e3:.1f} ms (|err| {t['ttft_err']:.1f} %)")
+            print()
+    for exp in [e for e in experiments if not is_request_trace(e)]:
         result = replay_experiment(exp, predictor, args.seed, overheads["queue_overhead_s"],
                                    overheads["post_overhead_s"], end_overhead_s=overheads["end_overhead_s"])
         results[result.experiment_id] = result
@@ -740,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"predictor": str(getattr(predictor, "name", "")), "seed": args.seed,
                           "overheads": overheads, "calibrated_on": args.calibrate_on,
-                          "experiments": {k: r.to_json_dict() for k, r in results.items()}}))
+                          "experiments": {**{k: r.to_json_dict() for k, r in results.items()}, **traces}}))
     return 0
 
 

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sympy
 import yaml
+
+from evaluation.predictors import FormulaPredictor
 
 from evaluation.replay import (ReplayResult, calibrate_overheads, estimate_kv_blocks, load_predictor, main,
                                replay_experiment)
@@ -370,3 +373,19 @@ def test_review_adds_replay_columns_and_an_e2e_selection(tmp_path, capsys, monke
     best = min(e2e, key=e2e.get)
     assert "e2e" in " ".join(rows[best][9:])
     assert "e2e_err %" in (run_dir / "report.md").read_text()
+
+
+def test_request_trace_folder_is_replayed_from_its_spans(data_root):
+    """A folder of llm_request spans replays its own arrivals and token counts (server-side latencies)."""
+    from evaluation.replay import is_request_trace, replay_request_trace
+
+    folder = data_root / "blis" / "request_traces" / "jan21-llama7b-train-1"
+    if not folder.is_dir():
+        pytest.skip(f"request traces not found at {folder}")
+    assert is_request_trace(folder) and not is_request_trace(data_root / "blis" / "experiments")
+    constant = FormulaPredictor(sympy.Float(20000.0), (), "constant")
+    entry = replay_request_trace(folder, constant)
+    assert entry["measured"]["requests"] == entry["predicted"]["requests"] == 282
+    # every request waits at least one 20 ms step for its first token and one step per output token
+    assert entry["predicted"]["ttft_s"] >= 0.02 and entry["predicted"]["e2e_s"] > entry["predicted"]["ttft_s"]
+    assert 0 <= entry["e2e_err"] < 1000 and entry["itl_err"] is None
