@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -181,14 +180,12 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
     path = Path(path)
     if path.is_dir():
         path = path / "artifact.json"
-    if not path.is_file():
-        raise StepMLError(f"artifact not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError as exc:
-        raise StepMLError(f"{path}: malformed JSON ({exc})") from None
-    if doc.get("schema") != ARTIFACT_SCHEMA:
-        raise StepMLError(f"{path}: not a StepML artifact (schema {doc.get('schema')!r}, expected {ARTIFACT_SCHEMA})")
+    from features.io import read_json
+
+    doc = read_json(path, "artifact")
+    if not isinstance(doc, dict) or doc.get("schema") != ARTIFACT_SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else None
+        raise StepMLError(f"{path}: not a StepML artifact (schema {found!r}, expected {ARTIFACT_SCHEMA})")
     expr = sympy.sympify(doc["expression"]["srepr"])
     defs = {f["name"]: sympy.sympify(f["definition_srepr"]) for f in doc["features"]}
     return doc, ArtifactPredictor(expr, defs, doc.get("name", "artifact"))

@@ -103,12 +103,12 @@ def write_run_json(run_dir: Path, info: dict[str, Any]) -> Path:
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     """Read ``run.json``."""
-    import json
+    from features.io import read_json
 
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no run.json (not a run directory?)")
-    return json.loads(path.read_text())
+    return read_json(path, "run.json")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:

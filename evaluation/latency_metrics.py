@@ -74,7 +74,6 @@ Everything here is a pure function of arrays; summaries are frozen dataclasses.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -397,14 +396,9 @@ def parse_lifecycle_report(report: Mapping[str, Any], source: str = "report") ->
 
 def read_lifecycle_report(path: str | Path) -> LifecycleSummary:
     """Read one ``results/*_lifecycle_metrics.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise StepMLError(f"lifecycle report not found: {path}")
-    try:
-        report = json.loads(path.read_text())
-    except ValueError as exc:
-        raise StepMLError(f"{path}: malformed JSON ({exc})") from None
-    return parse_lifecycle_report(report, str(path))
+    from features.io import read_json
+
+    return parse_lifecycle_report(read_json(path, "lifecycle report"), str(path))
 
 
 def relative_error(predicted: float, measured: float) -> float:

@@ -79,3 +79,16 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; a missing file or malformed JSON is a one-line :class:`StepMLError`."""
+    from features.errors import StepMLError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StepMLError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StepMLError(f"{path}: malformed JSON ({exc})") from None
