@@ -161,7 +161,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
 
     original = expr_of(row)
-    expr = simplify(original)
+    expr = fold_constant_features(simplify(original), dataset)
     used = sorted(str(s) for s in expr.free_symbols)
     X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
     expr = refit_constants(expr, X_train, dataset.y[split.train])
@@ -214,6 +214,26 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         echo(f"  stepml.go not written: {go_reason}")
     echo(f"wrote {out_dir}/")
     return out_dir
+
+
+def fold_constant_features(expr: sympy.Expr, dataset) -> sympy.Expr:
+    """Replace features constant over the data's non-empty batches (a dense model's weight-load time) by their value.
+
+    ``a·rl_weight_load + b`` then reads as one intercept, and rounding no longer
+    suffers from the cancellation of two large constants.
+    """
+    from discovery.formula import simplify
+
+    names = sorted(str(s) for s in expr.free_symbols)
+    frame = dataset.frame
+    rows = (frame["batch.scheduled_tokens"].to_numpy() > 0 if "batch.scheduled_tokens" in frame.columns
+            else np.ones(len(frame), dtype=bool))
+    constant = {}
+    for name, values in dataset.features(names).items():
+        v = values[rows]
+        if len(v) and np.all(v == v[0]):
+            constant[sympy.Symbol(name)] = sympy.Float(float(v[0]))
+    return simplify(expr.xreplace(constant)) if constant else expr
 
 
 def _go_refusal(defs: dict[str, sympy.Expr]) -> str | None:
