@@ -129,3 +129,15 @@ def test_audit_fails_a_decreasing_formula(run_dir, tmp_path, capsys):
 def test_audit_of_a_missing_folder_is_exit_2(tmp_path, capsys):
     assert _run(audit.main, [str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_features_constant_over_the_data_fold_into_the_intercept(run_dir, tmp_path):
+    path = _hand_run(run_dir, tmp_path, "5000.0 + 2.0*rl_weight_load + 100.0*decode_tokens")
+    info = json.loads((path / "run.json").read_text())
+    info.update({"experiments": ["20260101-000000-demo-dense-8b-tp1-chat"], "data_hash": None})
+    (path / "run.json").write_text(json.dumps(info))
+    assert _run(export.main, [str(path), "--out", str(tmp_path / "fold")]) == 0
+    doc = json.loads((tmp_path / "fold" / "artifact.json").read_text())
+    # one dense model: its weight-load time is the same on every non-empty batch
+    assert [f["name"] for f in doc["features"]] == ["decode_tokens"]
+    assert doc["go"]["exported"] is True and doc["checks"]["go"]["status"] in ("pass", "skipped")
