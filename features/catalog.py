@@ -216,12 +216,12 @@ def available_features(columns: Iterable[str], allow: Iterable[str] = ("simulato
 def compute_features(columns: Columns, names: Iterable[str]) -> dict[str, np.ndarray]:
     """Compute the named features from canonical columns (a DataFrame or a dict of arrays)."""
     out = {}
-    for name in names:
-        feature = get_feature(name)
-        missing = [c for c in feature.inputs if c not in columns]
-        if missing:
-            raise StepMLError(f"feature '{name}' needs column(s) {', '.join(missing)} that the data lacks")
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for name in names:
+            feature = get_feature(name)
+            missing = [c for c in feature.inputs if c not in columns]
+            if missing:
+                raise StepMLError(f"feature '{name}' needs column(s) {', '.join(missing)} that the data lacks")
             out[name] = np.asarray(feature.compute(columns), dtype=float)
     return out
 
