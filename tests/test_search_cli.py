@@ -89,3 +89,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "r" / "hall_of_fame.csv").exists()
+
+
+def test_resume_continues_a_run_to_the_same_front(tmp_path):
+    """A run stopped after 2 generations and resumed to 4 ends where an uninterrupted 4-generation run does."""
+    base = ["--space", "roofline", "--seed", "7", "--population", "24", "--islands", "2", "--budget", "120",
+            "--quiet"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _run(search.main, base + ["--generations", "4", "--run-dir", str(straight)]) == 0
+    assert _run(search.main, base + ["--generations", "2", "--run-dir", str(stopped)]) == 0
+    assert (stopped / "checkpoint.pkl").exists()
+    assert _run(search.main, base + ["--generations", "4", "--run-dir", str(stopped), "--resume"]) == 0
+    assert (stopped / "hall_of_fame.csv").read_bytes() == (straight / "hall_of_fame.csv").read_bytes()
