@@ -191,7 +191,8 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     info: dict[str, Any] = {
         "space": space.name, "engines": engines, "data": dataset.label, "data_hash": data_hash,
         "synthetic": dataset.synthetic, "target": dataset.target, "split": spec, "fold": split.fold,
-        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap, "data_path": str(Path(args.data).resolve()) if args.data else None,
+        "seed": args.seed, "max_gap": args.max_gap, "colmap": args.colmap,
+        "data_path": str(Path(args.data).resolve()) if args.data else None,
         "experiments": experiments_arg(args),
         "settings": {"budget_s": args.budget, "generations": args.generations, "population": args.population,
                      "islands": args.islands},
@@ -213,6 +214,7 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     candidates: list[Candidate] = []
     stats: dict[str, Any] = {}
     per_engine_budget = args.budget / len(engines)
+    saved: dict[str, Any] = dict(resume or {})  # every engine's latest state, in one checkpoint
     if imported is not None:
         candidates = imported.candidates(problem)
         stats["pysr"] = imported.stats()
@@ -224,7 +226,6 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
                 settings.update({"output_directory": str(run_dir / "pysr"), "cluster_manager": cluster})
             engine = make_engine(name, settings)
             state = resume.get(name) if resume else None
-            saved: dict[str, Any] = dict(resume or {})
 
             def checkpoint(st: dict[str, Any], _name: str = name) -> None:
                 saved[_name] = st
@@ -246,18 +247,10 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
 
 
 def dataset_kind_is_steps(data: str | None) -> bool:
-    """False for tables that a column map loads (their target is the mapped one)."""
-    if data is None:
-        return True
-    from features.colmap import shipped_maps
-    import fnmatch
-    import tomllib
+    """False for tables that a shipped column map loads (their target is the mapped one)."""
+    from features.dataset import shipped_colmap_for
 
-    name = Path(data).name
-    for spec in shipped_maps().values():
-        if any(fnmatch.fnmatch(name, pat) for pat in tomllib.loads(spec.read_text()).get("files", [])):
-            return False
-    return True
+    return data is None or shipped_colmap_for(Path(data)) is None
 
 
 class _progress:

@@ -161,7 +161,8 @@ def read_table(path: Path) -> pd.DataFrame:
     raise StepMLError(f"{path}: unsupported data file (expected a folder of traces, .json[.gz], .parquet or .csv)")
 
 
-def _auto_colmap(path: Path) -> ColumnMap | None:
+def shipped_colmap_for(path: Path) -> ColumnMap | None:
+    """The shipped column map whose ``files`` patterns match the file name, if any."""
     for spec in shipped_maps().values():
         cmap = load_colmap(spec)
         if any(fnmatch.fnmatch(path.name, pattern) for pattern in _patterns(spec)):
@@ -272,7 +273,7 @@ def load_dataset(path: str | Path | None = None, target: str | None = None, *,
         if not p.exists():
             raise StepMLError(f"data not found: {p}")
         source, synthetic, roots = str(p), False, metadata_roots(p)
-        cmap = load_colmap(colmap) if colmap is not None else (_auto_colmap(p) if p.is_file() else None)
+        cmap = load_colmap(colmap) if colmap is not None else (shipped_colmap_for(p) if p.is_file() else None)
         raw = None
     if cmap is not None:
         table = read_table(Path(path))
