@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=200, help="population per island (default 200)")
     p.add_argument("--islands", type=int, default=2, help="islands (default 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--early-stop", type=int, default=10, metavar="N",
+                   help="DEAP: stop after N generations without a better training loss (default 10; 0 = use the "
+                        "whole budget or --generations)")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
     par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
@@ -165,6 +168,8 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
     for n in ("budget", "generations", "population", "islands"):
         if getattr(args, n) <= 0:
             raise StepMLError(f"--{n} must be positive")
+    if args.early_stop < 0:
+        raise StepMLError("--early-stop must be >= 0")
     data = args.data if args.data is not None else space.default_data
     if data is None:
         echo("data: bundled SYNTHETIC demo data (give --data PATH for real traces)")
@@ -195,7 +200,7 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
         "data_path": str(Path(args.data).resolve()) if args.data else None,
         "experiments": experiments_arg(args),
         "settings": {"budget_s": args.budget, "generations": args.generations, "population": args.population,
-                     "islands": args.islands},
+                     "islands": args.islands, "early_stop": args.early_stop},
         "rows": {"train": int(len(split.train)), "val": int(len(split.val)), "test": int(len(split.test))},
         "packages": package_versions(),
     }
@@ -222,6 +227,8 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
         for name in ([] if imported is not None else engines):
             settings = {"budget_s": per_engine_budget, "generations": args.generations,
                         "population": args.population, "islands": args.islands, "seed": args.seed}
+            if name == "deap":
+                settings["early_stop_generations"] = args.early_stop
             if name == "pysr":
                 settings.update({"output_directory": str(run_dir / "pysr"), "cluster_manager": cluster})
             engine = make_engine(name, settings)

@@ -80,6 +80,7 @@ def test_review_of_a_non_run_is_an_error(tmp_path, capsys):
     (["--space", "linear", "--engine", "nope"], "unknown engine 'nope'; valid: deap"),
     (["--space", "linear", "--data", "/no/such/file.parquet"], "data not found"),
     (["--space", "linear", "--split", "bogus"], "unknown split 'bogus'"),
+    (["--space", "linear", "--early-stop", "-1"], "--early-stop must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "discovery.search", *argv, "--run-dir", str(tmp_path / "r"), *SMALL],
