@@ -83,17 +83,25 @@ def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split)
                                 "empty_batch_us": empty_pred},
                       "detail": "positive on every non-empty grid batch and data row; 0 for the empty batch"}
     again = predictor.predict(grid)
-    py_a, py_b = _run_formula_py(export_dir), _run_formula_py(export_dir)
-    out["INV-M-2"] = {"pass": bool(np.array_equal(grid_pred, again) and py_a["values"] == py_b["values"]),
+    genuine = formula_py_is_generated(export_dir, doc, predictor)
+    py_a = _run_formula_py(export_dir) if genuine else None
+    py_b = _run_formula_py(export_dir) if genuine else None
+    out["INV-M-2"] = {"pass": bool(np.array_equal(grid_pred, again) and py_a is not None
+                                   and py_a["values"] == py_b["values"]),  # type: ignore[index]
                       "value": {"repeat_equal": bool(np.array_equal(grid_pred, again))},
                       "detail": "same inputs give bit-identical outputs (artifact predictor and formula.py)"}
-    source = (export_dir / "formula.py").read_text()
-    flagged = [tok for tok in FORBIDDEN if tok in source.split('"""', 2)[-1]]
-    out["INV-M-3"] = {"pass": not flagged and py_a["created_files"] == [],
-                      "value": {"forbidden_tokens": flagged, "created_files": py_a["created_files"]},
-                      "detail": "formula.py has no I/O, globals or imports beyond math; running it creates no files"}
-    out["INV-M-4"] = {"pass": py_a["per_call_ms"] < 1.0, "value": {"per_call_ms": py_a["per_call_ms"]},
-                      "detail": "formula.py predict() on a batch of 128 requests, median of 200 calls"}
+    if py_a is None:
+        out["INV-M-3"] = {"pass": False, "value": {"generated": False},
+                          "detail": "formula.py is not the file the artifact generates (edited or foreign): not run"}
+        out["INV-M-4"] = {"pass": False, "value": None, "detail": "formula.py not run (see INV-M-3)"}
+    else:
+        source = (export_dir / "formula.py").read_text()
+        flagged = [tok for tok in FORBIDDEN if tok in source.split('"""', 2)[-1]]
+        out["INV-M-3"] = {"pass": not flagged and py_a["created_files"] == [],
+                          "value": {"forbidden_tokens": flagged, "created_files": py_a["created_files"]},
+                          "detail": "formula.py has no I/O, globals or imports beyond math; running it creates no files"}
+        out["INV-M-4"] = {"pass": py_a["per_call_ms"] < 1.0, "value": {"per_call_ms": py_a["per_call_ms"]},
+                          "detail": "formula.py predict() on a batch of 128 requests, median of 200 calls"}
     frac = {}
     for axis in AXES:
         if axis == "prefill_tokens" and "batch.prefill_tokens" not in grid.columns:
@@ -111,8 +119,28 @@ def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split)
     return out
 
 
+def formula_py_is_generated(export_dir: Path, doc: dict[str, Any], predictor) -> bool:
+    """Whether ``formula.py`` is byte for byte what the artifact's formula generates.
+
+    The audit runs ``formula.py``; it runs only the code our own printer
+    writes for the artifact's (safely parsed) formula, never a file somebody
+    edited or wrote.
+    """
+    from discovery.export import python_source
+
+    path = export_dir / "formula.py"
+    if not path.is_file():
+        return False
+    try:
+        expected = python_source(predictor.expr, [f["name"] for f in doc["features"]], str(doc["name"]), doc)
+    except (KeyError, TypeError, ValueError, StepMLError):
+        return False
+    return path.read_text(encoding="utf-8", errors="replace") == expected
+
+
 def _run_formula_py(export_dir: Path) -> dict[str, Any]:
     """Import formula.py in a fresh interpreter in an empty folder; time predict() at batch 128."""
+    export_dir = export_dir.resolve()
     features = json.loads((export_dir / "artifact.json").read_text())["features"]
     names = [f["name"] for f in features]
     vectors = pd.read_csv(export_dir / "test_vectors.csv")

@@ -45,14 +45,17 @@ def formula_latex(expr: sympy.Expr) -> str:
 
 
 def python_source(expr: sympy.Expr, features: Sequence[str], name: str, doc: dict[str, Any]) -> str:
-    """``formula.py``: math-only ``predict``, numpy ``predict_array``, a regressor class."""
-    from sympy.printing.pycode import pycode
+    """``formula.py``: math-only ``predict``, numpy ``predict_array``, a regressor class.
 
-    body = pycode(expr, fully_qualified_modules=True)
-    np_body = pycode(expr.xreplace({sympy.Symbol(f): sympy.Symbol(f"X['{f}']") for f in features}),
-                     fully_qualified_modules=True)
-    np_body = re.sub(r"math\.", "numpy.", np_body).replace("max(", "numpy.maximum(").replace("min(", "numpy.minimum(")
-    np_body = np_body.replace("abs(", "numpy.abs(")
+    Both predictors are printed by :mod:`discovery.printers.python` (sympy's
+    Python and NumPy printers with the table's protected division), so they
+    agree with each other and with the search's evaluator, and never write
+    into their inputs.
+    """
+    from discovery.printers.python import HELPERS, python_expression
+
+    body = python_expression(expr)
+    np_body = python_expression(expr, {sympy.Symbol(f): f"X[{f!r}]" for f in features}, vectorised=True)
     feats = ", ".join(repr(f) for f in features)
     return f'''"""Step-time predictor `{name}` exported by StepML Discovery (µs per scheduler step).
 
@@ -65,7 +68,7 @@ Generated file: do not edit; re-export instead.
 import math
 
 FEATURES = ({feats}{"," if len(features) == 1 else ""})
-
+{HELPERS}
 
 def predict({", ".join(f"{f}: float" for f in features)}) -> float:
     """Predicted step time (µs) of one step."""
@@ -73,10 +76,14 @@ def predict({", ".join(f"{f}: float" for f in features)}) -> float:
 
 
 def predict_array(X):
-    """Vectorised variant: ``X`` maps each feature name to a numpy array (or is a DataFrame)."""
+    """Vectorised variant: ``X`` maps each feature name to a numpy array (or is a DataFrame); returns a new array."""
+    import functools  # noqa: F401  (used by Max/Min)
+
     import numpy
 
-    return numpy.asarray({np_body}, dtype=float) * numpy.ones(len(X[FEATURES[0]]) if FEATURES else 1)
+    X = {{f: numpy.asarray(X[f], dtype=float) for f in FEATURES}}
+    n = len(X[FEATURES[0]]) if FEATURES else 1
+    return numpy.asarray({np_body}, dtype=float) * numpy.ones(n)
 
 
 class StepTimeFormula:
@@ -140,6 +147,14 @@ def _metrics(expr: sympy.Expr, dataset, split) -> tuple[dict[str, Any], Any]:
             "test_mspe": card.overall["test"]["mspe"], "per_experiment": per_exp}, card
 
 
+def check_export_name(name: str) -> str:
+    """``name`` if it is one safe path component (letters, digits, ``.``, ``_``, ``-``; not ``.``/``..``)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or set(name) == {"."}:
+        raise StepMLError(f"--name {name!r}: one folder name of letters, digits, '.', '_' or '-' "
+                          "(not '.' or '..')")
+    return name
+
+
 def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path | None = None,
            round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
     """Export one front member of a run; return the output folder."""
@@ -153,9 +168,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     row_index = pick_row(front, pick)
     row = front.iloc[row_index]
     dataset, split = run_data(info)
-    name = name or f"{run_dir.name}-{pick}"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise StepMLError(f"--name '{name}': use letters, digits, '.', '_' or '-'")
+    name = check_export_name(f"{run_dir.name}-{pick}" if name is None else name)
     out_dir = Path(out) if out else EXPORTED_DIR / name
     if (out_dir / "artifact.json").exists():
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")

@@ -176,7 +176,13 @@ class ArtifactPredictor:
 
 
 def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
-    """Read ``artifact.json`` (or a folder holding one) → (document, predictor)."""
+    """Read ``artifact.json`` (or a folder holding one) → (document, predictor).
+
+    The expression and the feature definitions are read with the whitelist
+    parser (never ``eval``): the formula may use only catalogue features and
+    table operators, a definition only canonical column names. Anything
+    missing or malformed is a one-line :class:`StepMLError`.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "artifact.json"
@@ -186,6 +192,33 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
     if not isinstance(doc, dict) or doc.get("schema") != ARTIFACT_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else None
         raise StepMLError(f"{path}: not a StepML artifact (schema {found!r}, expected {ARTIFACT_SCHEMA})")
-    expr = sympy.sympify(doc["expression"]["srepr"])
-    defs = {f["name"]: sympy.sympify(f["definition_srepr"]) for f in doc["features"]}
-    return doc, ArtifactPredictor(expr, defs, doc.get("name", "artifact"))
+    expr, defs = artifact_formula(doc, path)
+    return doc, ArtifactPredictor(expr, defs, str(doc.get("name", "artifact")))
+
+
+def artifact_formula(doc: Mapping[str, Any], source: Path | str = "artifact") -> tuple[sympy.Expr, dict[str, sympy.Expr]]:
+    """The formula and the feature definitions of an artifact document, parsed safely."""
+    from search_spaces.expressions import is_symbol_name, parse_expression
+    from search_spaces.operators import parse_formula
+
+    expression = doc.get("expression")
+    if not isinstance(expression, dict) or not isinstance(expression.get("srepr"), str):
+        raise StepMLError(f"{source}: 'expression' must be an object with an 'srepr' string")
+    features = doc.get("features")
+    if not isinstance(features, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("definition_srepr"), str)
+            for f in features):
+        raise StepMLError(f"{source}: 'features' must be a list of objects with 'name' and 'definition_srepr'")
+    unknown = [f["name"] for f in features if f["name"] not in catalog.registry()]
+    if unknown:
+        raise StepMLError(f"{source}: unknown feature(s) {', '.join(unknown)}")
+
+    def column(name: str) -> sympy.Expr:
+        if not is_symbol_name(name):
+            raise StepMLError(f"{source}: {name!r} is not a column name")
+        return sympy.Symbol(name)
+
+    expr = parse_formula(expression["srepr"], [f["name"] for f in features], indexed=False)
+    defs = {f["name"]: parse_expression(f["definition_srepr"], column, what=f"definition of {f['name']}")
+            for f in features}
+    return expr, defs

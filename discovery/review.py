@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from discovery.pareto import select
-from discovery.rundir import latest_run, read_hof, read_run_json
+from discovery.rundir import expr_of, latest_run, read_hof, read_run_json
 from features.cli import run
 from features.errors import StepMLError
 from features.io import atomic_write_bytes, atomic_write_text
@@ -55,7 +55,6 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     (:mod:`evaluation.replay`); ``calibrate_on`` first fits the client overheads on
     that experiment, per row.
     """
-    from discovery.rundir import expr_of
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import _resolve_experiment, calibrate_overheads, replay_experiment
     from features import catalog
@@ -187,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hof = read_hof(run_dir)
     info = read_run_json(run_dir)
     front = front_of(hof)
+    for _, row in front.iterrows():  # every formula is read (safely) before anything is replayed or written
+        expr_of(row)
     if args.experiments:
         front = replay_columns(front, args.experiments, args.calibrate_on, args.seed)
     marks = selections(front)

@@ -8,7 +8,7 @@ then equation; floats are written with ``repr`` so equal runs give equal bytes.
 """
 from __future__ import annotations
 
-import pickle
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +19,14 @@ import pandas as pd
 import sympy
 
 from features.errors import StepMLError
-from features.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from features.io import atomic_write_json, atomic_write_text
 
 HOF_COLUMNS = ("Complexity", "Loss", "Equation", "score", "val_mape", "test_mape", "mspe", "n_constants",
                "sympy", "engine", "front", "provenance")
 RESULTS_DIR = Path("results")
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.json"
+#: The pickle checkpoint of earlier versions: never loaded (unpickling runs code).
+LEGACY_CHECKPOINT = "checkpoint.pkl"
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,19 @@ def read_hof(run_dir: Path) -> pd.DataFrame:
 
 
 def expr_of(row: pd.Series) -> sympy.Expr:
-    """The sympy expression of a hall-of-fame row (exact, from its ``sympy`` srepr column)."""
+    """The sympy expression of a hall-of-fame row (exact, from its ``sympy`` srepr column).
+
+    The text is read with the whitelist parser
+    (:func:`search_spaces.operators.parse_formula`): a hall of fame written by
+    somebody else can name only catalogue features and table operators, and
+    never runs code.
+    """
+    from features import catalog
+    from search_spaces.operators import parse_formula
+
     text = row.get("sympy")
-    source = text if isinstance(text, str) and text else str(row["Equation"])
-    try:
-        return sympy.sympify(source)
-    except (sympy.SympifyError, SyntaxError, TypeError) as exc:
-        raise StepMLError(f"cannot read formula {source!r} ({exc})") from None
+    source = text if isinstance(text, str) and text.strip() else str(row.get("Equation", ""))
+    return parse_formula(source, list(catalog.registry()), indexed=False)
 
 
 def write_run_json(run_dir: Path, info: dict[str, Any]) -> Path:
@@ -112,19 +120,54 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Pickle the engine state atomically (a SIGKILL loses at most the generation under way)."""
-    return atomic_write_bytes(run_dir / CHECKPOINT, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    """Write the engines' state as JSON, atomically (a SIGKILL loses at most the generation under way).
+
+    JSON, not pickle: resuming a run folder somebody else wrote must not run
+    their code. Engine states hold only numbers, strings, lists and dicts
+    (non-finite losses are written as ``Infinity``/``NaN``, which
+    :func:`json.loads` reads back).
+    """
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"), default=_state_default)
+    return atomic_write_text(run_dir / CHECKPOINT, text + "\n")
+
+
+def _state_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"checkpoint state holds a {type(value).__name__}, not JSON data")
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The last checkpoint, or None."""
+    """The last checkpoint (a dict of engine states), or None when the run has none.
+
+    Raises
+    ------
+    StepMLError
+        When the checkpoint is not a JSON object, or only an old pickle
+        checkpoint exists (it is never unpickled).
+    """
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
+        if (Path(run_dir) / LEGACY_CHECKPOINT).is_file():
+            raise StepMLError(f"{Path(run_dir) / LEGACY_CHECKPOINT}: a pickle checkpoint of an older version is never "
+                              "loaded (unpickling can run code); start a new run")
         return None
     try:
-        return pickle.loads(path.read_bytes())
-    except Exception as exc:  # a truncated pickle cannot happen with atomic writes, but be clear
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise StepMLError(f"{path}: unreadable checkpoint ({exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        raise StepMLError(f"{path}: a checkpoint must be a JSON object of engine states")
+    return state
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds (part of) a run: a hall of fame or a checkpoint."""
+    return any((Path(run_dir) / name).exists() for name in ("hall_of_fame.csv", CHECKPOINT, LEGACY_CHECKPOINT))
 
 
 def latest_run(results: Path = RESULTS_DIR) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from discovery.candidate import Candidate, build_problem
 from discovery.engines import ENGINES, make_engine, parse_engines
 from discovery.pareto import pareto_mask, pysr_score
-from discovery.rundir import (RESULTS_DIR, HofRow, load_checkpoint, package_versions, read_run_json,
+from discovery.rundir import (RESULTS_DIR, HofRow, holds_run, load_checkpoint, package_versions, read_run_json,
                               save_checkpoint, write_hof, write_run_json)
 from features.cli import run
 from features.dataset import Dataset
@@ -129,7 +129,7 @@ def _resolve_run_dir(args: argparse.Namespace, space: str, engines: list[str]) -
         return path
     if args.run_dir:
         path = Path(args.run_dir)
-        if (path / "hall_of_fame.csv").exists() or (path / "checkpoint.pkl").exists():
+        if holds_run(path):
             raise StepMLError(f"{path} already holds a run; use --resume to continue it or choose another --run-dir")
         return path
     base = RESULTS_DIR / _run_id(space, engines, args.seed)

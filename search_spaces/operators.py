@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import keyword
-import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -549,16 +548,8 @@ def to_sympy_locals(names: Iterable[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parsing
 
 
-def _substitute_feature_names(text: str, features: Sequence[str]) -> str:
-    dotted = sorted({f for f in features if symbol_name(f) != f}, key=len, reverse=True)
-    if not dotted:
-        return text
-    pattern = re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, dotted)) + r")(?![\w.])")
-    return pattern.sub(lambda m: symbol_name(m.group(0)), text)
-
-
-def parse_formula(text: str, features: Sequence[str]) -> sympy.Expr:
-    """Parse an infix formula string into a sympy expression.
+def parse_formula(text: str, features: Sequence[str], indexed: bool = True) -> sympy.Expr:
+    """Parse an infix formula string into a sympy expression, safely.
 
     The syntax is that of PySR's ``Equation`` column: infix ``+ - * /``,
     ``^`` (or ``**``) for powers, table operators as functions
@@ -567,11 +558,11 @@ def parse_formula(text: str, features: Sequence[str]) -> sympy.Expr:
     xN`` (indices into ``features``) or as the dotted feature names
     themselves. A feature whose own name is ``x<i>`` wins over the index.
     Operator names map to the table's sympy builders, so ``sqrt(x0)`` parses
-    to ``sqrt(Abs(x0))``.
+    to ``sqrt(Abs(x0))``. The exact :func:`sympy.srepr` form is accepted too.
 
-    The text is evaluated by sympy's parser (Python ``eval``): parse only
-    formulas produced by the project's engines or its users, not untrusted
-    input.
+    The text is never evaluated as code: it goes through the whitelist
+    parser :func:`search_spaces.expressions.parse_expression`, so formulas
+    from files other people wrote are safe to read.
 
     Parameters
     ----------
@@ -579,6 +570,9 @@ def parse_formula(text: str, features: Sequence[str]) -> sympy.Expr:
         The formula.
     features : sequence of str
         Feature names, in the column order the ``x<i>`` indices refer to.
+    indexed : bool
+        Whether ``x<i>`` names the i-th feature (PySR's default variable
+        names); off for text that always names features.
 
     Returns
     -------
@@ -592,46 +586,23 @@ def parse_formula(text: str, features: Sequence[str]) -> sympy.Expr:
         is not a scalar expression, or is not finite (e.g. ``x0 / 0``); the
         message quotes the text.
     """
-    import sympy
-    from sympy.core.function import AppliedUndef
-    from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
+    from search_spaces.expressions import parse_expression
 
-    if not isinstance(text, str) or not text.strip():
-        raise StepMLError(f"cannot parse formula {text!r}: empty")
     features = list(features)
     local = to_sympy_locals(features)
-    for i, feature in enumerate(features):
-        local.setdefault(f"x{i}", local[symbol_name(feature)])
-    allowed = {local[symbol_name(f)] for f in features}
-    try:
-        source = _substitute_feature_names(text, features)
-        expr = parse_expr(
-            source,
-            local_dict=local,
-            transformations=standard_transformations + (convert_xor,),
-            evaluate=True,
-        )
-    except Exception as exc:  # sympy raises many types for bad input
-        raise StepMLError(
-            f"cannot parse formula {text!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(expr, sympy.Expr):
-        raise StepMLError(f"formula {text!r} is not a scalar expression (got {type(expr).__name__})")
-    undefined = sorted({str(f.func) for f in expr.atoms(AppliedUndef)})
-    if undefined:
-        raise StepMLError(
-            f"formula {text!r} uses unknown function(s) {', '.join(undefined)}; "
-            f"operators: {', '.join(OPERATORS)}"
-        )
-    unknown = sorted(str(s) for s in expr.free_symbols - allowed)
-    if unknown:
+    names = {symbol_name(f): local[symbol_name(f)] for f in features}
+    names.update({f: local[symbol_name(f)] for f in features})
+    for i, feature in enumerate(features if indexed else ()):
+        names.setdefault(f"x{i}", local[symbol_name(feature)])
+    functions = {k: v for k, v in local.items() if k not in names and callable(v)}
+
+    def resolve(name: str) -> sympy.Expr:
+        if name in names:
+            return names[name]
         valid = ", ".join(features) if features else "(none)"
-        raise StepMLError(
-            f"formula {text!r} uses unknown variable(s) {', '.join(unknown)}; features: {valid}"
-        )
-    if expr.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
-        raise StepMLError(f"formula {text!r} is not finite: {expr}")
-    return expr
+        raise StepMLError(f"formula {text!r} uses unknown variable(s) {name}; features: {valid}")
+
+    return parse_expression(text, resolve, functions)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -248,7 +248,7 @@ def test_feature_named_like_an_index_wins_over_the_index():
         ("batch.prefil + 1", "batch.prefil"),
         ("foo(x0)", "unknown function"),
         ("x0 / 0", "not finite"),
-        ("x0 > 1", "not a scalar"),
+        ("x0 > 1", "not allowed"),
         ("max(x0, x1, 2)", "max(x0, x1, 2)"),
         ("   ", "empty"),
     ],

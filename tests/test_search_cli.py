@@ -99,18 +99,18 @@ def test_resume_continues_a_run_to_the_same_front(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert _run(search.main, base + ["--generations", "4", "--run-dir", str(straight)]) == 0
     assert _run(search.main, base + ["--generations", "2", "--run-dir", str(stopped)]) == 0
-    assert (stopped / "checkpoint.pkl").exists()
+    assert (stopped / "checkpoint.json").exists()
     assert _run(search.main, base + ["--generations", "4", "--run-dir", str(stopped), "--resume"]) == 0
     assert (stopped / "hall_of_fame.csv").read_bytes() == (straight / "hall_of_fame.csv").read_bytes()
 
 
 def test_a_two_engine_run_checkpoints_both_engines(tmp_path):
-    import pickle
+    import json
 
     path = tmp_path / "two"
     argv = ["--space", "linear", "--engine", "deap,operon", "--generations", "2", "--population", "16",
             "--islands", "1", "--budget", "20", "--quiet", "--run-dir", str(path)]
     assert _run(search.main, argv) == 0
-    state = pickle.loads((path / "checkpoint.pkl").read_bytes())
+    state = json.loads((path / "checkpoint.json").read_text())
     assert set(state) == {"deap", "operon"}
     assert set(pd.read_csv(path / "hall_of_fame.csv")["engine"]) <= {"deap", "operon"}

@@ -685,10 +685,13 @@ class _Run:
             digest.update(column.tobytes())
         keep = ("population", "islands", "seed", "crossover_prob", "mutation_prob", "mutation_weights",
                 "tournament_size", "constant_prob", "const_opt_max_nfev", "migration_interval", "migration_size")
-        self._fp = {"features": self.evaluator.symbols, "operators": tuple(self.space.operators),
-                "max_size": self.max_size, "max_depth": self.max_depth, "constraint_mode": self.evaluator.mode,
-                "data": digest.hexdigest()[:16],
-                "settings": {k: v for k, v in asdict(self.s).items() if k in keep}}
+        import json
+
+        fingerprint = {"features": self.evaluator.symbols, "operators": tuple(self.space.operators),
+                       "max_size": self.max_size, "max_depth": self.max_depth, "constraint_mode": self.evaluator.mode,
+                       "data": digest.hexdigest()[:16],
+                       "settings": {k: v for k, v in asdict(self.s).items() if k in keep}}
+        self._fp = json.loads(json.dumps(fingerprint))  # the form it has after a JSON checkpoint
         return self._fp
 
     # -- trees ---------------------------------------------------------------------------------
@@ -941,7 +944,7 @@ class _Run:
 
     # -- checkpoint state ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """A picklable snapshot taken at the end of a generation."""
+        """A snapshot taken at the end of a generation: JSON data only (numbers, strings, lists, dicts)."""
         return {
             "version": STATE_VERSION,
             "engine": "deap",
@@ -949,37 +952,46 @@ class _Run:
             "fingerprint": self._fingerprint(),
             "islands": [[(ind.result.tree, tuple(ind.fitness.values), ind.provenance, tuple(ind.result))  # type: ignore[union-attr]
                          for ind in pop] for pop in self.islands],
-            "hall_of_fame": {cx: (tree, tuple(r), prov) for cx, (tree, r, prov) in self.hof.items()},
+            "hall_of_fame": {str(cx): (tree, tuple(r), prov) for cx, (tree, r, prov) in self.hof.items()},
             "best_loss": self.best,
             "stall": self.stall,
-            "random_state": self.rng.getstate(),
+            "random_state": list(self.rng.getstate()),
             "numpy_state": copy.deepcopy(self.nprng.bit_generator.state),
             "cache": {k: tuple(v) for k, v in self.cache.items()},
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION or state.get("engine") != "deap":
+        """Continue from a :meth:`state` snapshot (as read back from a JSON checkpoint)."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("engine") != "deap":
             raise StepMLError("resume state is not a DEAP engine checkpoint of this version")
         if state.get("fingerprint") != self._fingerprint():
             raise StepMLError("resume state was made with a different problem, space or settings "
                               "(features, operators, limits, population, islands, seed or variation options)")
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, StepMLError) as exc:
+            raise StepMLError(f"resume state is malformed ({type(exc).__name__}: {exc})") from None
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
         self.generation = int(state["generation"])
-        self.cache = {k: EvalResult(*v) for k, v in state["cache"].items()}
+        self.cache = {str(k): EvalResult(*v) for k, v in state["cache"].items()}
         self.islands = []
         for pop in state["islands"]:
             island = []
             for tree, values, provenance, result in pop:
                 ind = self._tree(tree)
                 ind.result = EvalResult(*result)
-                ind.fitness.values = tuple(values)
-                ind.provenance = provenance
+                ind.fitness.values = tuple(float(v) for v in values)
+                ind.provenance = str(provenance)
                 island.append(ind)
             self.islands.append(island)
-        self.hof = {int(cx): (tree, EvalResult(*r), prov) for cx, (tree, r, prov) in state["hall_of_fame"].items()}
+        self.hof = {int(cx): (str(tree), EvalResult(*r), str(prov))
+                    for cx, (tree, r, prov) in state["hall_of_fame"].items()}
         self.best = float(state["best_loss"])
         self.stall = int(state["stall"])
-        self.rng.setstate(state["random_state"])
-        self.nprng.bit_generator.state = copy.deepcopy(state["numpy_state"])
+        version, internal, gauss = state["random_state"]
+        self.rng.setstate((int(version), tuple(int(v) for v in internal), gauss))
+        self.nprng.bit_generator.state = copy.deepcopy(dict(state["numpy_state"]))
 
     # -- main loop -------------------------------------------------------------------------------
     def _end_generation(self) -> None:

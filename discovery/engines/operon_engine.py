@@ -773,16 +773,20 @@ class OperonEngine:
                 "stats": dict(self.stats_)}
 
     def _restore(self, state: Mapping[str, Any], fingerprint: str, problem: "Problem") -> list["Candidate"] | None:
-        import sympy
-
         from discovery.candidate import Candidate
 
-        if state.get("version") != STATE_VERSION or state.get("engine") != "operon":
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("engine") != "operon":
             raise StepMLError("resume state is not an Operon engine checkpoint of this version")
         if state.get("fingerprint") != fingerprint:
             raise StepMLError("resume state was made with a different problem, space or Operon settings")
         if not state.get("finished"):
             return None
-        self.stats_ = dict(state.get("stats", {}), resumed=True)
-        return [Candidate(sympy.sympify(e), int(cx), float(loss), "operon", prov, int(k))
-                for e, cx, loss, prov, k in state["candidates"]]
+        from search_spaces.operators import parse_formula
+
+        try:
+            found = [Candidate(parse_formula(e, problem.features, indexed=False), int(cx), float(loss), "operon",
+                               str(prov), int(k)) for e, cx, loss, prov, k in state["candidates"]]
+            self.stats_ = dict(state.get("stats", {}), resumed=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StepMLError(f"resume state is malformed ({type(exc).__name__}: {exc})") from None
+        return found

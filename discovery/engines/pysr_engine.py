@@ -171,10 +171,16 @@ _FUNCTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 _INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
 
+def _substitute_feature_names(text: str, features: Sequence[str]) -> str:
+    dotted = sorted({f for f in features if symbol_name(f) != f}, key=len, reverse=True)
+    if not dotted:
+        return text
+    pattern = re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, dotted)) + r")(?![\w.])")
+    return pattern.sub(lambda m: symbol_name(m.group(0)), text)
+
+
 def _guess(text: str, features: Sequence[str], space_ops: Sequence[str]) -> str | None:
     """A seed formula as a PySR guess (constants → 1.0, table → PySR function names), or None."""
-    from search_spaces.operators import _substitute_feature_names
-
     source = _CONSTANT_NAME.sub(lambda m: m.group(0) if m.group(0) in features else "1.0", text)
     source = _substitute_feature_names(source, features)
     by_name = {}
