@@ -151,6 +151,12 @@ class ReplayResult:
     sim_seconds, wall_seconds : float
         Time spent in the simulation, and in the whole replay.
     notes : tuple of str
+    sim : SimResult or None
+        The simulator's output (with ``keep_sim``), requests in the order of ``requests``.
+    constants : dict or None
+        The experiment's ``arch.*``/``hw.*`` columns (with ``keep_sim``).
+    sim_arrival_s : numpy.ndarray or None
+        Each request's arrival at the scheduler on the simulator's clock (with ``keep_sim``).
     """
 
     experiment_id: str
@@ -167,6 +173,9 @@ class ReplayResult:
     sim_seconds: float = 0.0
     wall_seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    sim: Any = field(default=None, repr=False)
+    constants: Mapping[str, Any] | None = field(default=None, repr=False)
+    sim_arrival_s: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -234,14 +243,15 @@ def _meta(exp_dir: Path, roots: list[Path]) -> ExperimentMeta:
     return meta
 
 
-def scheduler_config(exp_dir: str | Path, num_gpu_blocks: int | None) -> SchedulerConfig:
+def scheduler_config(exp_dir: str | Path, num_gpu_blocks: int | None,
+                     async_scheduling: bool = False) -> SchedulerConfig:
     """The vLLM scheduler settings of an experiment (``exp-config.yaml``)."""
     server = load_server_config(Path(exp_dir) / "exp-config.yaml")
     try:
         return SchedulerConfig(max_num_seqs=server.max_num_seqs, max_num_batched_tokens=server.max_num_batched_tokens,
                                max_model_len=server.max_model_len, block_size=BLOCK_SIZE,
                                num_gpu_blocks=num_gpu_blocks, enable_chunked_prefill=True,
-                               enable_prefix_caching=True)
+                               enable_prefix_caching=True, async_scheduling=async_scheduling)
     except ValueError as exc:
         raise StepMLError(f"{exp_dir}/exp-config.yaml: {exc}") from None
 
@@ -292,11 +302,27 @@ def step_time_function(predictor: Any, constants: Mapping[str, Any]):
 
     Every call builds a fresh one-row column dict — each value a length-1 array, the
     form every predictor accepts (``FormulaPredictor`` rejects 0-d scalars) — and
-    predicts it; nothing is cached between steps.
+    predicts it; nothing is cached between steps. A predictor with a
+    ``step_function(constants)`` (a formula) supplies its own compiled scalar
+    function instead, which is far faster and gives the same values.
     """
+    name = str(getattr(predictor, "name", type(predictor).__name__))
+    if hasattr(predictor, "step_function"):
+        numeric = {k: float(v) for k, v in constants.items() if isinstance(v, (int, float, np.number))}
+        try:
+            fast = predictor.step_function(numeric)
+        except (StepMLError, KeyError, TypeError, ValueError):
+            fast = None
+        if fast is not None:
+            def fast_step(features: dict[str, float]) -> float:
+                try:
+                    return fast(features)
+                except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+                    raise StepMLError(f"predictor {name} failed on a simulated step ({type(exc).__name__}: {exc})") \
+                        from None
+            return fast_step
     predict = predictor.predict
     base = {k: np.asarray([v]) for k, v in constants.items()}
-    name = str(getattr(predictor, "name", type(predictor).__name__))
     array = np.array
 
     def step_time_us(features: dict[str, float]) -> float:
@@ -346,7 +372,8 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
                       stages: Sequence[int] | None = None, prefix_mode: str = "prompt",
                       arrivals: str = "normalized", match_prompt_len: bool = True,
                       num_gpu_blocks: int | None = None, data_root: str | Path | None = None,
-                      max_requests: int | None = None) -> ReplayResult:
+                      max_requests: int | None = None, async_scheduling: bool = False,
+                      keep_sim: bool = False) -> ReplayResult:
     """Replay one experiment with a step-time predictor (see the module docstring).
 
     Parameters
@@ -376,6 +403,11 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     max_requests : int, optional
         Keep only the first N requests of each replayed stage (quick checks; the
         measured windows are then not comparable and are dropped).
+    async_scheduling : bool
+        vLLM's one-step-ahead scheduling (see :mod:`evaluation.scheduler`).
+    keep_sim : bool
+        Keep the simulator's output (:attr:`ReplayResult.sim`) and the experiment
+        constants, for re-timing in calibration.
 
     Returns
     -------
@@ -414,7 +446,7 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
         blocks, kv_source = int(num_gpu_blocks), "given"
     else:
         blocks, kv_source = kv_blocks_for(meta, roots)
-    config = scheduler_config(exp_dir, blocks)
+    config = scheduler_config(exp_dir, blocks, async_scheduling)
 
     reqs = requests_from_profile(profile, seed, arrivals=arrivals, prefix_mode=prefix_mode, input_offset=offset)
     reqs = reqs[reqs["stage"].isin(chosen)]
@@ -471,7 +503,9 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
         notes.append(f"inputs shifted by {offset:+d} tokens to the measured mean prompt_len")
     return ReplayResult(meta.experiment_id, pname, int(seed), predicted, measured, table,
                         int(len(sim.steps)), int(blocks or 0), kv_source, config, offset, sim_seconds,
-                        time.perf_counter() - t_start, tuple(notes))
+                        time.perf_counter() - t_start, tuple(notes),
+                        sim if keep_sim else None, dict(constants) if keep_sim else None,
+                        work["arrival_s"].to_numpy(dtype=float) if keep_sim else None)
 
 
 def _stage_starts(profile: Profile, gap: float) -> np.ndarray:

@@ -15,7 +15,9 @@ A feature is a named, vectorised function of canonical columns
 
 Libraries: ``batch`` (composition), ``kv`` (KV lengths and attention work),
 ``moe`` (expert routing), ``arch`` (HF config), ``hardware`` (datasheet),
-``roofline`` (physically motivated time terms in µs).
+``roofline`` (physically motivated time terms in µs), ``physics`` (the
+cross-model basis of :mod:`features.physics`: bytes and FLOPs of one step at the
+hardware's peak rates, collective and layer counts, and the roofline lower bound).
 """
 from __future__ import annotations
 
@@ -105,6 +107,13 @@ _E, _K = "arch__num_experts", "arch__experts_per_token"
 _ACTIVE = f"{_E}*(1 - (1 - {_K}/{_E})**{_T})"
 _EXPERT = "3*arch__hidden_size*arch__intermediate_size"
 _KV_BYTES = "2*arch__num_layers*arch__num_kv_heads*arch__head_dim*arch__bytes_per_param"
+#: Weights streamed from HBM in one step: all but the input embedding (a lookup) and the experts no token hit.
+_STREAMED = f"(arch__total_params - arch__vocab_size*arch__hidden_size - arch__num_layers*{_EXPERT}*({_E} - {_ACTIVE}))"
+_PER_GPU_BW = "(arch__tp*hw__hbm_bw)"
+_WEIGHT_READ = f"1e6*{_STREAMED}*arch__bytes_per_param/{_PER_GPU_BW}"
+_KV_READ = f"1e6*kv__tokens_in_use*{_KV_BYTES}/{_PER_GPU_BW}"
+_KV_WRITE = f"1e6*{_T}*{_KV_BYTES}/{_PER_GPU_BW}"
+_LINEAR_COMPUTE = "1e6*2*(arch__active_params - arch__vocab_size*arch__hidden_size)*batch__scheduled_tokens/(arch__tp*hw__flops)"
 
 
 def _declare() -> tuple[Feature, ...]:
@@ -184,6 +193,21 @@ def _declare() -> tuple[Feature, ...]:
         F("rl_expert_weights", "us", "active_experts·3·hidden·inter·layers·bytes / (tp·ep·HBM B/s)",
           "simulator", "roofline",
           f"1e6*{_ACTIVE}*{_EXPERT}*arch__num_layers*arch__bytes_per_param/(arch__tp*arch__ep*hw__hbm_bw)"),
+        # -- physics basis (see features/physics.py): per GPU, at the datasheet's peak rates ------
+        F("rl_weight_read", "us", "weights streamed per step (all but the input embedding and unhit experts) "
+          "/ (tp·HBM B/s)", "simulator", "physics", _WEIGHT_READ),
+        F("rl_kv_write", "us", "KV bytes written per step (scheduled tokens × KV bytes per token) / (tp·HBM B/s)",
+          "simulator", "physics", _KV_WRITE),
+        F("rl_memory", "us", "all HBM bytes of the step (weights + KV read + KV write) / (tp·HBM B/s)",
+          "simulator", "physics", f"{_WEIGHT_READ} + {_KV_READ} + {_KV_WRITE}"),
+        F("rl_linear_compute", "us", "2·(active params − embedding)·scheduled tokens / (tp·FLOP/s): the GEMM FLOPs",
+          "simulator", "physics", _LINEAR_COMPUTE),
+        F("rl_bound", "us", "roofline lower bound: max(GEMM FLOPs at peak FLOP/s, HBM bytes at peak bandwidth)",
+          "simulator", "physics", f"Max({_LINEAR_COMPUTE}, {_WEIGHT_READ} + {_KV_READ} + {_KV_WRITE})"),
+        F("n_allreduce", "collectives", "tensor-parallel all-reduces per step: 2 per layer when tp > 1, else 0",
+          "simulator", "physics", "2*arch__num_layers*Min(1, Max(0, arch__tp - 1))"),
+        F("num_moe_layers", "layers", "layers whose MLP is a mixture of experts (0 for dense)", "simulator", "physics",
+          f"arch__num_layers*Min(1, Max(0, {_E} - 1))"),
     )
 
 

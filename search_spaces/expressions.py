@@ -8,7 +8,8 @@ file could run any command. :func:`parse_expression` instead parses the text
 with :mod:`ast` and builds the sympy expression itself from a closed set of
 node kinds:
 
-* numbers (``int``, ``float``; no ``bool``, no complex), ``+ - * / **`` and
+* numbers (``int``, ``float``; no ``bool``, no complex), ``+ - * / **`` (a
+  number raised to a number keeps ``|exponent| <= 64``) and
   ``^`` (PySR's power, read as ``**``), unary ``-`` and ``+``;
 * names, resolved by the caller (features, their safe symbol names, ``x0 …
   xN``); a dotted name (``batch.prefill_tokens``) is one name;
@@ -100,10 +101,15 @@ def _sympy_constructors() -> dict[str, Callable[..., Any]]:
 
 
 def _power(base: Any, exponent: Any) -> Any:
+    """``base ** exponent``; a number raised to a number must keep ``|exponent| <= MAX_EXPONENT``.
+
+    sympy evaluates a numeric power exactly (``10**10**8`` would compute for
+    minutes); a power with a symbol on either side stays symbolic.
+    """
     import sympy
 
-    if not (exponent.is_Number and abs(float(exponent)) <= MAX_EXPONENT):
-        raise _Refused(f"exponent {exponent} is not a number of magnitude <= {MAX_EXPONENT}")
+    if base.is_Number and exponent.is_Number and abs(float(exponent)) > MAX_EXPONENT:
+        raise _Refused(f"numeric power with exponent {exponent} beyond {MAX_EXPONENT}")
     return sympy.Pow(base, exponent)
 
 

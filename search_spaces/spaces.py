@@ -21,6 +21,10 @@ ARCH = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "i
 MOE = ("is_moe", "num_experts", "experts_per_token", "active_experts", "tokens_per_expert", "ep_size")
 ROOFLINE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute", "rl_weight_load", "rl_kv_read",
             "rl_allreduce", "rl_expert_compute", "rl_expert_weights")
+#: The cross-model physics basis (features/physics.py): times at peak rates, and counts.
+PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linear_compute", "rl_prefill_compute",
+           "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_bound", "n_allreduce", "num_layers",
+           "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
 ARITHMETIC = ("add", "sub", "mul", "div")
 #: Features a step-time formula must not decrease in (checked on probe pairs).
 MONOTONE = ("prefill_tokens", "decode_tokens", "kv_tokens")
@@ -103,6 +107,15 @@ def _declare() -> tuple[SearchSpace, ...]:
             seed_formulas=("c0 + c1*max(rl_prefill_compute + rl_decode_compute, rl_weight_load + rl_kv_read)"
                            " + c2*rl_allreduce",
                            "c0 + c1*rl_weight_load + c2*rl_prefill_compute + c3*rl_kv_read")),
+        SearchSpace(
+            "physics", "the cross-model physics basis: HBM bytes and GEMM FLOPs of the step at peak rates, "
+                       "all-reduce volume, collective, layer and request counts; positive multipliers, so one "
+                       "formula's constants are efficiencies shared by every model and GPU",
+            PHYSICS, ("add", "mul", "max"), max_size=25, max_depth=5, constant_range=(0.0, 2.0),
+            seed_formulas=(
+                "c0 + c1*rl_memory + c2*rl_prefill_compute + c3*num_layers + c4*n_allreduce + c5*batch_size",
+                "c0 + c1*max(rl_memory, rl_linear_compute) + c2*num_layers + c3*n_allreduce",
+                "c0 + c1*rl_weight_read + c2*rl_kv_read + c3*rl_prefill_compute + c4*num_layers")),
         SearchSpace(
             "linear", "the simulator's blackbox shape (c0 + c1·prefill + c2·decode), as a sanity check",
             ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2,

@@ -30,7 +30,7 @@ from sympy.printing.pycode import PythonCodePrinter
 from features.errors import StepMLError
 from search_spaces.operators import DIV_EPS
 
-__all__ = ["HELPERS", "python_expression"]
+__all__ = ["HELPERS", "python_expression", "scalar_function"]
 
 #: Source of the protected-division helpers the printed expressions call.
 HELPERS = f'''
@@ -159,3 +159,24 @@ def python_expression(expr: sympy.Expr, names: Mapping[sympy.Symbol, str] | None
     for s, p in sorted(placeholders.items(), key=lambda kv: -len(kv[1].name)):
         text = text.replace(p.name, (names or {}).get(s, s.name))
     return text
+
+
+def scalar_function(expr: sympy.Expr) -> Any:
+    """Compile ``expr`` (over canonical column symbols) into ``f(columns) -> float``.
+
+    ``columns`` maps each symbol's name to a float. The code is printed by
+    :class:`MathPrinter` from a sympy expression (never from user text), with
+    the protected-division helper in its namespace.
+
+    Raises
+    ------
+    StepMLError
+        If the expression has no Python form.
+    """
+    import math
+
+    names = {s: f"_c[{s.name!r}]" for s in expr.free_symbols}
+    body = python_expression(expr, names)
+    namespace: dict[str, Any] = {"math": math, "__builtins__": {"abs": abs, "max": max, "min": min, "float": float}}
+    exec(HELPERS.split("def _div_array", 1)[0], namespace)  # noqa: S102 - our own helper source
+    return eval(f"lambda _c: float({body})", namespace)  # noqa: S307 - printed from a sympy tree

@@ -1,0 +1,333 @@
+"""``python -m evaluation.generalize --by model``: fit once, predict every model — leave one group out.
+
+For each held-out group (a model, or a workload) of the experiments:
+
+1. **search** (``--space``, default ``physics``, ``--budget`` seconds) on the
+   step traces of the *other* groups' experiments, when there are any;
+2. **calibrate** (:mod:`discovery.calibrate`) every candidate — the search's
+   ``best`` formula and the space's physics priors (:data:`PRIORS`) — on the
+   other groups' measured request latencies (and their step traces), and keep
+   the candidate with the lowest calibrated loss (selection sees the replay);
+3. **replay** the held-out group's experiments in full with the calibrated
+   formula and overheads (async scheduling on) and compare E2E, TTFT and ITL
+   with their measurements.
+
+The blackbox baseline (``c0 + c1·prefill_tokens + c2·decode_tokens``, the
+simulators' default shape) is calibrated and replayed the same way beside it.
+``--by none`` calibrates on every experiment and replays every experiment
+(the in-sample check). Errors are absolute, in %, of the whole-run means, as
+``evaluation.replay`` computes them.
+
+Default experiments: the 12 non-``reasoning`` experiments under
+``<data root>/blis/experiments`` (the four ``reasoning`` runs are overloaded).
+Default step traces: ``<data root>/blis/steps/enriched_steps.parquet``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from features.cli import run
+from features.errors import StepMLError
+
+__all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "default_experiments", "group_of", "folds", "generalize", "main"]
+
+#: Physics prior formulas (constants are starting values; calibration fits them).
+PRIORS: tuple[str, ...] = (
+    "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 40.0*num_layers + 12.0*n_allreduce + 25.0*batch_size",
+    "300.0 + 1.1*rl_weight_read + 1.5*rl_kv_read + 0.5*rl_prefill_compute + 40.0*num_layers + 12.0*n_allreduce"
+    " + 25.0*batch_size",
+)
+#: The blackbox baseline's shape with starting values.
+BLACKBOX = "12000.0 + 30.0*prefill_tokens + 60.0*decode_tokens"
+GROUPINGS = ("model", "workload", "none")
+STEP_TABLE = Path("blis") / "steps" / "enriched_steps.parquet"
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One held-out group: the chosen formulas and the held-out replays."""
+
+    group: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    formula: str
+    overheads: dict[str, float]
+    calibration_loss: float
+    candidates: dict[str, float]
+    errors: dict[str, dict[str, Any]]
+    baseline_formula: str
+    baseline_errors: dict[str, dict[str, Any]]
+    seconds: float
+
+
+def default_experiments(root: Path | None = None) -> list[Path]:
+    """The non-``reasoning`` experiment folders under the data root."""
+    from features.metadata import default_data_root
+
+    base = (root or default_data_root()) / "blis" / "experiments"
+    if not base.is_dir():
+        raise StepMLError(f"no experiments under {base} (give --experiments)")
+    return sorted(p for p in base.iterdir() if (p / "exp-config.yaml").is_file() and "reasoning" not in p.name)
+
+
+def group_of(exp_dir: Path, by: str) -> str:
+    """The group of an experiment: its server's model id, or its workload name."""
+    from features.metadata import load_server_config, parse_experiment_name
+
+    if by == "none":
+        return "all"
+    if by == "model":
+        server = load_server_config(exp_dir / "exp-config.yaml")
+        return str(server.model_id or exp_dir.name)
+    parsed = parse_experiment_name(exp_dir.name)
+    if parsed is None:
+        raise StepMLError(f"{exp_dir.name}: no workload in the experiment name (YYYYMMDD-HHMMSS-model-tpN-workload)")
+    return parsed.workload
+
+
+def folds(experiments: Sequence[Path], by: str) -> list[tuple[str, list[Path], list[Path]]]:
+    """(held-out group, training experiments, held-out experiments) per fold."""
+    if by not in GROUPINGS:
+        raise StepMLError(f"unknown --by '{by}'; valid: {', '.join(GROUPINGS)}")
+    groups: dict[str, list[Path]] = {}
+    for e in experiments:
+        groups.setdefault(group_of(e, by), []).append(e)
+    if by == "none":
+        return [("all", list(experiments), list(experiments))]
+    if len(groups) < 2:
+        raise StepMLError(f"--by {by}: only one group ({', '.join(groups)}); nothing to train on when it is held out")
+    return [(g, [e for e in experiments if e not in members], members) for g, members in sorted(groups.items())]
+
+
+def _check_experiments(experiments: Sequence[Path]) -> None:
+    from features.metadata import metadata_roots, experiment_meta
+
+    for e in experiments:
+        if not list((e / "results").glob("stage_*_lifecycle_metrics.json")):
+            raise StepMLError(f"{e.name}: no measured results (results/stage_*_lifecycle_metrics.json)")
+        meta = experiment_meta(e.name, metadata_roots(e))
+        if meta.arch is None:
+            raise StepMLError(f"{e.name}: no model config found for {meta.model}")
+        if meta.hardware is None:
+            raise StepMLError(f"{e.name}: no hardware datasheet found")
+
+
+def _search_candidate(space: str, steps: Path, train: Sequence[Path], budget: float, seed: int,
+                      workdir: Path) -> str | None:
+    """The search's ``best`` formula on the training experiments' step traces (None without traces)."""
+    import pandas as pd
+
+    from discovery import search
+
+    ids = set(pd.read_parquet(steps, columns=["experiment_id"])["experiment_id"].astype(str)) \
+        if steps.suffix == ".parquet" else set()
+    wanted = [e.name for e in train if e.name in ids]
+    if not wanted or budget <= 0:
+        return None
+    run_dir = workdir / f"search-{len(list(workdir.glob('search-*')))}"
+    argv = ["--space", space, "--data", str(steps), "--experiments", ",".join(wanted), "--budget", str(budget),
+            "--seed", str(seed), "--run-dir", str(run_dir), "--quiet", "--generations", "1000000",
+            "--early-stop", "0"]
+    search.search(search.build_parser().parse_args(argv), echo=lambda _: None)
+    from discovery.calibrate import load_formula
+
+    expr, _ = load_formula(f"{run_dir}:best")
+    import sympy
+
+    return sympy.srepr(expr)
+
+
+def _calibrated(text: str, train: Sequence[Path], steps: Path | None, settings: Any, mapper: Any) -> Any:
+    from discovery.calibrate import calibrate
+    from features import catalog
+    from search_spaces.operators import parse_formula
+
+    expr = parse_formula(text, list(catalog.registry()), indexed=False)
+    return calibrate(expr, train, steps, settings, mapper)
+
+
+def _held_out(result: Any, test: Sequence[Path], seed: int, mapper: Any) -> dict[str, dict[str, Any]]:
+    import sympy
+
+    n = len(test)
+    over = result.overheads
+    rows = mapper(replay_errors, [str(e) for e in test], [sympy.srepr(result.expr)] * n, [over] * n, [seed] * n)
+    return {e.name: r for e, r in zip(test, rows)}
+
+
+def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int) -> dict[str, Any]:
+    """Full replay of one experiment with a calibrated formula: errors and means (module-level: picklable)."""
+    from evaluation.predictors import FormulaPredictor
+    from evaluation.replay import replay_experiment
+    from features import catalog
+    from search_spaces.operators import parse_formula
+
+    expr = parse_formula(srepr, list(catalog.registry()), indexed=False)
+    result = replay_experiment(exp_dir, FormulaPredictor(expr, tuple(catalog.registry()), "generalize"), seed,
+                               overheads["queue_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
+                               async_scheduling=True)
+    window = "summary" if "summary" in result.measured else next(iter(result.measured), "summary")
+    signed = result.errors(window)
+    pred, meas = result.predicted.get(window), result.measured.get(window)
+    means = {}
+    for key, metric in (("e2e", "request_latency"), ("ttft", "time_to_first_token"), ("itl", "inter_token_latency")):
+        means[key] = {"predicted": float(getattr(pred, metric).mean) if pred else float("nan"),
+                      "measured": float(getattr(meas, metric).mean) if meas else float("nan")}
+    return {"e2e_err": abs(signed["e2e_err"]), "ttft_err": abs(signed["ttft_err"]), "itl_err": abs(signed["itl_err"]),
+            "signed": {k: signed[k] for k in ("e2e_err", "ttft_err", "itl_err")}, "means": means,
+            "stage_errors": {w: result.errors(w) for w in result.predicted if w in result.measured and w != "summary"}}
+
+
+def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None, space: str, budget: float,
+             settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None],
+             priors: Sequence[str] = PRIORS) -> FoldResult:
+    """Search, calibrate the candidates, keep the best, replay the held-out experiments (module docstring)."""
+    started = time.monotonic()
+    texts = list(priors)
+    found = _search_candidate(space, steps, train, budget, settings.seed, workdir) if steps else None
+    if found is not None:
+        texts.insert(0, found)
+    results = {}
+    for text in texts:
+        results[text] = _calibrated(text, train, steps, settings, mapper)
+        echo(f"  [{group}] candidate loss {results[text].loss:6.2f} %  {results[text].expr}")
+    if not results:
+        raise StepMLError("no candidate formula: give --priors >= 1 or a search --budget with step traces")
+    chosen = min(results.values(), key=lambda r: r.loss)
+    baseline = _calibrated(BLACKBOX, train, steps, settings, mapper)
+    echo(f"  [{group}] blackbox loss {baseline.loss:6.2f} %  {baseline.expr}")
+    import sympy
+
+    ours, theirs = _held_out(chosen, test, settings.seed, mapper), _held_out(baseline, test, settings.seed, mapper)
+    for exp, r in ours.items():
+        echo(f"  [{group}] held out {exp}: E2E {r['e2e_err']:.1f} %, TTFT {r['ttft_err']:.1f} %, ITL "
+             f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)")
+    return FoldResult(group, tuple(e.name for e in train), tuple(e.name for e in test), sympy.sstr(chosen.expr),
+                      dict(chosen.overheads), chosen.loss, {sympy.sstr(r.expr): r.loss for r in results.values()},
+                      ours, sympy.sstr(baseline.expr), theirs, round(time.monotonic() - started, 1))
+
+
+def summary(fold_results: Sequence[FoldResult], key: str = "errors") -> dict[str, Any]:
+    """Means and maxima over held-out experiments, and the E2E mean per group."""
+    rows = [(f.group, r) for f in fold_results for r in getattr(f, key).values()]
+    if not rows:
+        return {}
+    e2e = [r["e2e_err"] for _, r in rows]
+    per_group: dict[str, list[float]] = {}
+    for g, r in rows:
+        per_group.setdefault(g, []).append(r["e2e_err"])
+    return {"e2e_mean": float(np.mean(e2e)), "e2e_max": float(np.max(e2e)),
+            "ttft_mean": float(np.mean([r["ttft_err"] for _, r in rows])),
+            "itl_mean": float(np.mean([r["itl_err"] for _, r in rows])),
+            "per_group": {g: float(np.mean(v)) for g, v in per_group.items()}}
+
+
+def table(fold_results: Sequence[FoldResult]) -> str:
+    """The text report: one row per held-out experiment, ours beside the blackbox."""
+    lines = [f"{'experiment':<44} {'held out':<28} {'E2E%':>6} {'TTFT%':>6} {'ITL%':>6}  "
+             f"{'E2E meas/pred s':>16}  {'bb E2E%':>7} {'bb TTFT%':>8} {'bb ITL%':>7}"]
+    for f in fold_results:
+        for exp, r in f.errors.items():
+            b = f.baseline_errors[exp]
+            m = r["means"]["e2e"]
+            lines.append(f"{exp:<44} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
+                         f"{m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
+                         f"{b['itl_err']:>7.1f}")
+    ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
+    if ours:
+        lines.append(f"mean |error| — ours: E2E {ours['e2e_mean']:.1f} % (max {ours['e2e_max']:.1f}), TTFT "
+                     f"{ours['ttft_mean']:.1f} %, ITL {ours['itl_mean']:.1f} %;  blackbox: E2E {base['e2e_mean']:.1f} %, "
+                     f"TTFT {base['ttft_mean']:.1f} %, ITL {base['itl_mean']:.1f} %")
+        lines.append("per group E2E: " + ", ".join(f"{g} {v:.1f} %" for g, v in ours["per_group"].items()))
+    for f in fold_results:
+        lines.append(f"[{f.group}] formula {f.formula}; queueing {f.overheads['queue_overhead_s'] * 1e3:.2f} ms, "
+                     f"post-decode {f.overheads['end_overhead_s'] * 1e3:.2f} ms; calibration loss "
+                     f"{f.calibration_loss:.2f} % ({f.seconds:.0f} s)")
+    return "\n".join(lines)
+
+
+def generalize(experiments: Sequence[Path], by: str, steps: Path | None, space: str, budget: float,
+               settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None] = print,
+               priors: Sequence[str] = PRIORS) -> list[FoldResult]:
+    """Run every fold (the Python API behind the CLI)."""
+    _check_experiments(experiments)
+    out = []
+    for group, train, test in folds(experiments, by):
+        echo(f"fold {group}: train on {len(train)}, hold out {len(test)}")
+        out.append(run_fold(group, train, test, steps, space, budget, settings, mapper, workdir, echo, priors))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="python -m evaluation.generalize", description=__doc__.splitlines()[0])
+    p.add_argument("--by", default="model", help=f"held-out grouping: {', '.join(GROUPINGS)} (default model)")
+    p.add_argument("--experiments", nargs="+", default=None, metavar="DIR",
+                   help="experiment folders or ids (default: the 12 non-reasoning BLIS experiments)")
+    p.add_argument("--steps", default=None, help="step traces (default: <data root>/blis/steps/enriched_steps.parquet)")
+    p.add_argument("--space", default="physics", help="search space of the per-fold search (default physics)")
+    p.add_argument("--budget", type=float, default=60.0, help="search seconds per fold (0 = priors only; default 60)")
+    p.add_argument("--seed", type=int, default=0, help="seed of searches and replays (default 0)")
+    p.add_argument("--requests", type=int, default=800, help="requests per stage in calibration replays (default 800)")
+    p.add_argument("--iterations", type=int, default=4, help="calibration outer iterations (default 4)")
+    p.add_argument("--priors", type=int, default=len(PRIORS),
+                   help=f"physics prior formulas calibrated as candidates (0..{len(PRIORS)}, default all)")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
+    par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
+    par.add_argument("--processes", type=int, default=None, help="replay in N local processes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    import tempfile
+
+    from discovery.calibrate import CalibrationSettings, _mapper
+    from evaluation.replay import _resolve_experiment
+    from features.metadata import default_data_root
+    from search_spaces.spaces import get_space
+
+    args = build_parser().parse_args(argv)
+    if args.by not in GROUPINGS:
+        raise StepMLError(f"unknown --by '{args.by}'; valid: {', '.join(GROUPINGS)}")
+    get_space(args.space)
+    if args.seed < 0 or not args.budget >= 0:
+        raise StepMLError("--seed and --budget must be >= 0")
+    if not 0 <= args.priors <= len(PRIORS):
+        raise StepMLError(f"--priors must be in 0..{len(PRIORS)}")
+    settings = CalibrationSettings(requests_per_stage=args.requests, max_iterations=args.iterations, seed=args.seed)
+    experiments = [_resolve_experiment(e) for e in args.experiments] if args.experiments else default_experiments()
+    steps = Path(args.steps) if args.steps else default_data_root() / STEP_TABLE
+    if args.steps and not steps.exists():
+        raise StepMLError(f"--steps not found: {steps}")
+    steps_or_none = steps if steps.exists() else None
+    echo = (lambda _: None) if args.json else print
+    with tempfile.TemporaryDirectory(prefix="stepml-generalize-") as tmp, _mapper(args) as mapper:
+        results = generalize(experiments, args.by, steps_or_none, args.space, args.budget, settings, mapper or map,
+                             Path(tmp), echo, PRIORS[:args.priors])
+    if args.json:
+        from features.io import json_safe
+
+        doc = {"by": args.by,
+               "folds": {f.group: {"experiments": f.errors, "baseline": f.baseline_errors, "formula": f.formula,
+                                   "overheads": f.overheads, "calibration_loss": f.calibration_loss,
+                                   "candidates": f.candidates, "baseline_formula": f.baseline_formula,
+                                   "train": list(f.train), "seconds": f.seconds} for f in results},
+               "summary": summary(results), "baseline_summary": summary(results, "baseline_errors")}
+        print(json.dumps(json_safe(doc)))
+    else:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, prog="evaluation.generalize")
