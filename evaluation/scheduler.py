@@ -339,6 +339,8 @@ def simulate(
         state.admit_arrivals()
         state.abort_expired()
         if state.idle():
+            if state.nxt >= state.n_req:         # the last requests were aborted
+                break
             state.jump_to_next_arrival()
             continue
         batch = state.schedule_running()

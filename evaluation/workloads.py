@@ -360,7 +360,10 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
         One row per request in send order: ``request``, ``stage``, ``stage_index``
         (index within the stage), ``stage_time_s``, ``arrival_s``, ``input_tokens``,
         ``output_tokens``, ``prompt_id``, ``system_prompt_id``, ``round``,
-        ``prefix_group``, ``prefix_len``.
+        ``prefix_group``, ``prefix_len`` and ``loop_phase_s``: the fraction of a second
+        the client's event-loop clock shows when the request is sent, uniform in
+        [0, 1) (drawn after everything else; aiohttp rounds long timeouts up to the
+        next whole second of that clock, see :mod:`evaluation.replay_setup`).
     """
     if prefix_mode not in PREFIX_MODES:
         raise StepMLError(f"unknown prefix mode '{prefix_mode}'; valid: {', '.join(PREFIX_MODES)}")
@@ -418,12 +421,14 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
         group, plen = sys_id, np.full(len(frame), min(spec.system_prompt_len, base))
     frame["prefix_group"] = np.asarray(group, dtype=np.int64)
     frame["prefix_len"] = np.asarray(plen, dtype=np.int64)
+    # drawn last, so the draws above do not depend on it
+    frame["loop_phase_s"] = rng.random(len(frame))
     starts = np.concatenate(([0.0], np.cumsum([st.duration + stage_gap_s for st in profile.stages])[:-1]))
     return place_stages(frame, starts)[_COLUMNS]
 
 
 _COLUMNS = ["request", "stage", "stage_index", "stage_time_s", "arrival_s", "input_tokens", "output_tokens",
-            "prompt_id", "system_prompt_id", "round", "prefix_group", "prefix_len"]
+            "prompt_id", "system_prompt_id", "round", "prefix_group", "prefix_len", "loop_phase_s"]
 
 _TABLE_ALIASES = {
     "arrival_s": ("arrival_s", "arrival", "start_s", "arrival_time"),
