@@ -283,7 +283,9 @@ class SimResult:
         One row per request in input order with :data:`REQUEST_COLUMNS`.
         Times ending in ``_s`` are absolute seconds on the clock of
         ``arrival_s``; ``*_s`` of requests unfinished when ``max_steps`` stopped
-        the run are NaN. ``output_tokens`` is the effective (truncated) count.
+        the run, or aborted at their deadline, are NaN; ``aborted_s`` is the start
+        of the step that dropped an aborted request (NaN for the others).
+        ``output_tokens`` is the effective (truncated) count.
     token_times : list of numpy.ndarray or None
         Per request (input order), absolute seconds of every emitted token,
         when ``record_token_times`` was set.

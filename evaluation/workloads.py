@@ -403,10 +403,23 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
     frame["input_tokens"] = inp.astype(np.int64)
     frame["output_tokens"] = np.full(len(frame), spec.output_len, dtype=np.int64)
     frame["system_prompt_id"] = sys_id.astype(np.int64)
-    pid = frame["prompt_id"].to_numpy(dtype=np.int64)
+    group, plen = _prefix_columns(spec, prefix_mode, turns, frame["prompt_id"].to_numpy(dtype=np.int64), sys_id,
+                                  rnd, inp, base)
+    frame["prefix_group"] = group
+    frame["prefix_len"] = plen
+    # drawn last, so the draws above do not depend on it
+    frame["loop_phase_s"] = rng.random(len(frame))
+    starts = np.concatenate(([0.0], np.cumsum([st.duration + stage_gap_s for st in profile.stages])[:-1]))
+    return place_stages(frame, starts)[_COLUMNS]
+
+
+def _prefix_columns(spec: SharedPrefixData, prefix_mode: str, turns: bool, pid: np.ndarray, sys_id: np.ndarray,
+                    rnd: np.ndarray, inp: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(prefix_group, prefix_len)`` of every request for a prefix mode (see :func:`requests_from_profile`)."""
+    n = pid.size
     if prefix_mode == "none":
-        group = np.full(len(frame), -1, dtype=np.int64)
-        plen = np.zeros(len(frame), dtype=np.int64)
+        group = np.full(n, -1, dtype=np.int64)
+        plen = np.zeros(n, dtype=np.int64)
     elif turns:
         # round 0 shares the system prompt; later rounds reuse the user's previous context
         first = rnd == 0
@@ -414,17 +427,12 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
         prev_ctx = inp - spec.question_len              # previous prompt + its output
         plen = np.where(first, min(spec.system_prompt_len, base), np.minimum(prev_ctx, inp))
         if prefix_mode == "system":
-            group, plen = sys_id, np.full(len(frame), min(spec.system_prompt_len, base))
+            group, plen = sys_id, np.full(n, min(spec.system_prompt_len, base))
     elif prefix_mode == "prompt":
         group, plen = pid, inp
     else:
-        group, plen = sys_id, np.full(len(frame), min(spec.system_prompt_len, base))
-    frame["prefix_group"] = np.asarray(group, dtype=np.int64)
-    frame["prefix_len"] = np.asarray(plen, dtype=np.int64)
-    # drawn last, so the draws above do not depend on it
-    frame["loop_phase_s"] = rng.random(len(frame))
-    starts = np.concatenate(([0.0], np.cumsum([st.duration + stage_gap_s for st in profile.stages])[:-1]))
-    return place_stages(frame, starts)[_COLUMNS]
+        group, plen = sys_id, np.full(n, min(spec.system_prompt_len, base))
+    return np.asarray(group, dtype=np.int64), np.asarray(plen, dtype=np.int64)
 
 
 _COLUMNS = ["request", "stage", "stage_index", "stage_time_s", "arrival_s", "input_tokens", "output_tokens",
