@@ -514,3 +514,38 @@ def test_pace_check_explains_a_saturated_run_and_flags_an_unexplained_one(tmp_pa
     again = pace_check(odd, Constant(10_000.0), replay_experiment(odd, Constant(10_000.0), arrivals="uniform",
                                                                   explain=False), arrivals="uniform")
     assert again == res.check
+
+
+REASONING = ("20260217-170634-llama-2-7b-tp1-reasoning", "20260218-065057-llama-2-70b-hf-tp4-reasoning",
+             "20260218-135247-mixtral-8x7b-v0-1-tp2-reasoning", "20260218-160939-codellama-34b-tp2-reasoning")
+
+
+def test_reasoning_failures_are_the_clients_300_s_timeout(real_path):
+    from evaluation.latency_metrics import read_lifecycle_report
+    from evaluation.replay_setup import client_limits
+
+    for exp in REASONING:
+        folder = real_path(f"blis/experiments/{exp}")
+        limits = client_limits(folder)
+        assert limits.timeout_s == 300.0 and limits.ceil_to_second and limits.max_in_flight == 22_400
+        summary = read_lifecycle_report(folder / "results" / "summary_lifecycle_metrics.json")
+        assert summary.failures > 0
+        # every failure ends within [300, 301] s of its send (aiohttp rounds the deadline up to a second)
+        assert 300.0 <= summary.failure_latency.min and summary.failure_latency.max <= 301.01   # + handling
+        assert summary.request_latency.max <= 301.01
+
+
+def test_capacity_at_the_measured_pace_matches_the_measured_decode_time(real_path):
+    from evaluation.capacity import experiment_load
+    from evaluation.latency_metrics import read_lifecycle_report
+    from evaluation.predictors import ScaledPredictor
+
+    folder = real_path("blis/experiments/20260218-065057-llama-2-70b-hf-tp4-reasoning")
+    meas = read_lifecycle_report(folder / "results" / "summary_lifecycle_metrics.json")
+    # a constant step equal to the measured decode pace (2 TPOT ~ 29.5 ms): 128 slots free up every
+    # 1,448 decode steps plus the prefill, i.e. 128 / (E2E - TTFT) of the successes
+    pace_us = 2e6 * meas.time_per_output_token.mean
+    load = experiment_load(folder, ScaledPredictor(Constant(1.0), pace_us))
+    implied = 128 / (meas.request_latency.mean - meas.time_to_first_token.mean)
+    assert load.capacity.requests_per_s == pytest.approx(implied, rel=0.03)
+    assert load.saturated and load.stages[0].offered_requests_per_s == 4.0
