@@ -9,7 +9,8 @@ For each of the BLIS ``reasoning`` runs (4 req/s for 1,200 s of 1,082-token prom
 - a fluid estimate from the measured numbers alone: the capacity implied by the decode
   pace (``128 / (E2E − TTFT)``), and the failures of a first-come-first-served queue
   whose waits grow at ``rate / capacity − 1`` per second until a request's wait plus its
-  decode time passes the 300 s timeout;
+  decode time passes the 300 s timeout (not applicable when the KV pool, not
+  ``max_num_seqs``, bounds the batch: Llama-2-7B, where the replay runs ~54 requests);
 - the replay with the predictor (``blackbox`` fitted on the model's ``general`` step
   data, or on Llama-2-70B's for the models without step data; overheads calibrated
   there): predicted capacity and utilization, failure fraction, the successes' E2E and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from _common import data_root_or_exit
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
     root = data_root_or_exit()
     from evaluation.predictors import load_predictor
     from evaluation.replay import calibrate_overheads, replay_experiment
@@ -81,8 +84,9 @@ def main() -> None:
               f"(mean {meas.failure_latency.mean:.2f}); successes E2E {meas.request_latency.mean:.1f} s "
               f"(max {meas.request_latency.max:.1f}), TTFT {meas.time_to_first_token.mean:.1f} s, "
               f"decode pace {2e3 * meas.time_per_output_token.mean:.2f} ms/token")
+        kv_bound = res.load.capacity.concurrency < 0.9 * seqs
         print(f"   fluid estimate: capacity {seqs} / {decode_s:.1f} s = {cap:.2f} req/s vs {stage.rate:g} offered "
-              f"-> failures {100 * fluid:.1f} %")
+              f"-> failures {100 * fluid:.1f} %" + (" (not applicable: KV-bound batch)" if kv_bound else ""))
         print(f"   replay: capacity {load.capacity.requests_per_s:.2f} req/s (step {1e3 * load.capacity.step_time_s:.2f} "
               f"ms at {load.capacity.concurrency:.0f} running), utilization {load.utilization:.2f}, "
               f"{'saturated' if res.saturated else 'not saturated'}; failures {100 * p.failure_fraction:.1f} %, "
