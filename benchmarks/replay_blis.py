@@ -7,7 +7,8 @@ is fitted on the cycle target of ONE experiment's step data only:
 - CodeLlama-34B: ``20260218-150304-codellama-34b-tp2-general``;
 
 then every experiment of that model (general, codegen, roleplay; reasoning reported
-separately as overloaded) is replayed (:mod:`evaluation.replay`) and compared with
+separately as overloaded, its errors those of the successes; see ``replay_saturation.py``
+for its failures and the explanation check) is replayed (:mod:`evaluation.replay`) and compared with
 its published inference-perf metrics: E2E, TTFT, ITL and TPOT means of the whole
 run (and per stage), like with like (inference-perf's line-timestamp definitions,
 :mod:`evaluation.latency_metrics`).
@@ -107,7 +108,8 @@ def main() -> None:
                 for mode, kw in (("raw", {}), ("calibrated", {"queue_overhead_s": cal["queue_overhead_s"],
                                                               "end_overhead_s": cal["end_overhead_s"]})):
                     t = time.perf_counter()
-                    results = [replay_experiment(exp_root / exp, pred, seed=s, **kw) for s in seeds]
+                    results = [replay_experiment(exp_root / exp, pred, seed=s, capacity=False, explain=False, **kw)
+                               for s in seeds]
                     errs = mean_errors(results)
                     tag = " (train)" if exp == spec["train"] else ""
                     print("   " + row(f"{short(exp)}{tag} {mode}", errs, marks=(mode == "calibrated")))

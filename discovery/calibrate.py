@@ -192,7 +192,7 @@ def replay_anchor(exp_dir: str, srepr: str, features: tuple[str, ...], overheads
     predictor = FormulaPredictor(expr, tuple(catalog.registry()), name="calibration")
     result = replay_experiment(exp_dir, predictor, settings.seed, overheads["queue_overhead_s"],
                                end_overhead_s=overheads["end_overhead_s"],
-                               max_requests=settings.requests_per_stage or None,
+                               max_requests=settings.requests_per_stage or None, capacity=False, explain=False,
                                async_scheduling=settings.async_scheduling, keep_sim=True)
     return anchor_from_replay(result, measured_means(exp_dir), overheads["queue_overhead_s"],
                               overheads["end_overhead_s"], settings.warmup_s)
@@ -517,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     from discovery.export import check_export_name
-    from evaluation.replay import _resolve_experiment
+    from evaluation.replay_setup import resolve_experiment as _resolve_experiment
     from features.io import atomic_write_json, read_json
 
     args = build_parser().parse_args(argv)

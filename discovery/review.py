@@ -56,7 +56,8 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     that experiment, per row.
     """
     from evaluation.predictors import FormulaPredictor
-    from evaluation.replay import _resolve_experiment, calibrate_overheads, replay_experiment
+    from evaluation.replay import calibrate_overheads, replay_experiment
+    from evaluation.replay_setup import resolve_experiment as _resolve_experiment
     from features import catalog
 
     dirs = [_resolve_experiment(e) for e in experiments]
@@ -69,7 +70,7 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
         errs = {col: [] for col in REPLAY_COLUMNS}
         for d in dirs:
             try:
-                e = replay_experiment(d, predictor, seed, **overheads).errors()
+                e = replay_experiment(d, predictor, seed, capacity=False, explain=False, **overheads).errors()
             except (ValueError, StepMLError):  # the formula gave a non-positive step time
                 e = {col: np.inf for col in REPLAY_COLUMNS}
             for col in REPLAY_COLUMNS:

@@ -160,13 +160,15 @@ def anchor_from_replay(result: Any, measured: Mapping[str, tuple[float, float, f
     idle_wait = np.where(busy, 0.0, np.maximum(start[k_sched] - arr, 0.0))
     columns = {c: steps[c].to_numpy(dtype=float) for c in steps.columns
                if c.startswith(("batch.", "kv.", "queue."))}
-    stage = result.requests["stage"].to_numpy()
-    sent = result.requests["start_s"].to_numpy(dtype=float)
+    served = result.requests if result.accepted is None else result.requests.loc[np.asarray(result.accepted)]
+    stage = served["stage"].to_numpy()
+    sent = served["start_s"].to_numpy(dtype=float)
+    finished = np.isfinite(requests["finish_s"].to_numpy(dtype=float))
     windows = {}
     for window in measured:
         in_stage = stage == int(window.split("_", 1)[1])
         if in_stage.any():
-            windows[window] = in_stage & (sent >= sent[in_stage].min() + warmup_s)
+            windows[window] = in_stage & finished & (sent >= sent[in_stage].min() + warmup_s)
     measured = {w: tuple(map(float, measured[w])) for w in windows}
     return Anchor(str(result.experiment_id), columns,
                   {k: float(v) for k, v in (result.constants or {}).items() if isinstance(v, (int, float))},

@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tempfile
 
     from discovery.calibrate import CalibrationSettings, _mapper
-    from evaluation.replay import _resolve_experiment
+    from evaluation.replay_setup import resolve_experiment as _resolve_experiment
     from features.metadata import default_data_root
     from search_spaces.spaces import get_space
 

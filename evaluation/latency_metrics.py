@@ -75,7 +75,7 @@ Everything here is a pure function of arrays; summaries are frozen dataclasses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -168,7 +168,9 @@ class LifecycleSummary:
     """One lifecycle report window (a stage or the whole run), successes only.
 
     Latencies in seconds; throughputs per second of the window span
-    ``max(end) - min(start)``.
+    ``max(end) - min(start)``. ``failures`` counts the failed requests and
+    ``failure_latency`` summarises their ``end - start`` (inference-perf's
+    ``failures.request_latency``).
     """
 
     count: int
@@ -181,6 +183,13 @@ class LifecycleSummary:
     input_tokens_per_sec: float = float("nan")
     output_tokens_per_sec: float = float("nan")
     failures: int = 0
+    failure_latency: MetricSummary = field(default_factory=MetricSummary.empty)
+
+    @property
+    def failure_fraction(self) -> float:
+        """Failed over all requests of the window (NaN when there are none)."""
+        total = self.count + self.failures
+        return self.failures / total if total else float("nan")
 
     def metric(self, name: str) -> MetricSummary:
         """A latency metric by report name (``request_latency``, ``time_to_first_token``, ...)."""
@@ -189,7 +198,9 @@ class LifecycleSummary:
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"count": self.count, "failures": self.failures}
+        out: dict[str, Any] = {"count": self.count, "failures": self.failures,
+                               "failure_fraction": self.failure_fraction,
+                               "failure_latency": self.failure_latency.to_dict()}
         for name in LATENCY_METRICS:
             out[name] = self.metric(name).to_dict()
         out["throughput"] = {"requests_per_sec": self.requests_per_sec,
@@ -391,7 +402,9 @@ def parse_lifecycle_report(report: Mapping[str, Any], source: str = "report") ->
                             requests_per_sec=float(thr.get("requests_per_sec", nan) or nan),
                             input_tokens_per_sec=float(thr.get("input_tokens_per_sec", nan) or nan),
                             output_tokens_per_sec=float(thr.get("output_tokens_per_sec", nan) or nan),
-                            failures=int(fail.get("count") or 0))
+                            failures=int(fail.get("count") or 0),
+                            failure_latency=MetricSummary.from_report(fail.get("request_latency"),
+                                                                      int(fail.get("count") or 0)))
 
 
 def read_lifecycle_report(path: str | Path) -> LifecycleSummary:

@@ -9,12 +9,14 @@ the audit treat them alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import sympy
 
 from features import catalog
+from features.errors import StepMLError
 
 
 @runtime_checkable
@@ -121,3 +123,99 @@ def feature_matrix(columns: Mapping[str, object], names: Sequence[str]) -> np.nd
     values = catalog.compute_features(columns, names)
     n = n_rows(columns)
     return np.column_stack([np.broadcast_to(values[k], (n,)) for k in names]) if names else np.zeros((n, 0))
+
+
+@dataclass(frozen=True)
+class ScaledPredictor:
+    """Another predictor's step time times a constant ``scale`` (diagnostics: a step-time error of X %).
+
+    Parameters
+    ----------
+    base : Predictor
+    scale : float
+        Factor (> 0) applied to every prediction.
+    """
+
+    base: object
+    scale: float
+
+    @property
+    def name(self) -> str:
+        return f"{getattr(self.base, 'name', type(self.base).__name__)}*{self.scale:.4g}"
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        return np.asarray(self.base.predict(columns), dtype=float) * self.scale  # type: ignore[attr-defined]
+
+    def step_function(self, constants: Mapping[str, float]):
+        """The base predictor's compiled step function, scaled (AttributeError when it has none)."""
+        base = self.base.step_function(constants)  # type: ignore[attr-defined]
+        scale = float(self.scale)
+        return lambda columns: scale * base(columns)
+
+
+# -- predictors from a CLI spec ------------------------------------------------------------------
+
+_PICKS = ("best", "accuracy", "knee", "score")
+
+
+def load_predictor(spec: str, fit_data: str | Path | None = None,
+                   fit_experiments: Sequence[str] | None = None) -> Any:
+    """A predictor from a CLI spec: ``RUN_DIR[:ROW]``, ``baseline:NAME`` or an artifact path.
+
+    ``RUN_DIR[:ROW]``: the run's front row ``ROW`` (``best`` default, ``accuracy``,
+    ``knee`` or a row number) as a :class:`~evaluation.predictors.FormulaPredictor`.
+    ``ARTIFACT.json`` (or an export folder): the exported formula
+    (:class:`~discovery.formula.ArtifactPredictor`).
+    ``baseline:NAME``: that baseline fitted on the cycle target of ``fit_data``
+    (default: the shared BLIS step table) restricted to ``fit_experiments``.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise StepMLError("--predictor is empty")
+    if spec.startswith("baseline:"):
+        return _fit_baseline(spec.split(":", 1)[1], fit_data, fit_experiments)
+    path_part, row = spec, "best"
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and (tail in _PICKS or tail.isdigit()):
+        path_part, row = head, tail
+    if path_part.endswith(".json") or (Path(path_part) / "artifact.json").is_file():
+        from discovery.formula import load_artifact
+
+        return load_artifact(path_part)[1]
+    run_dir = Path(path_part)
+    if not run_dir.is_dir():
+        raise StepMLError(f"predictor not found: {path_part} (expected RUN_DIR[:ROW] or baseline:NAME)")
+    from discovery.review import front_of, pick_row
+    from discovery.rundir import expr_of, read_hof
+
+    front = front_of(read_hof(run_dir))
+    k = pick_row(front, row)
+    expr = expr_of(front.iloc[k])
+    return FormulaPredictor(expr, tuple(catalog.registry()), name=f"{run_dir.name}:{row}")
+
+
+def _fit_baseline(name: str, fit_data: str | Path | None, fit_experiments: Sequence[str] | None) -> Any:
+    from evaluation.baselines import fit_baseline, make_baseline
+    from evaluation.replay_setup import STEP_TABLE
+    from features.dataset import load_dataset
+    from features.metadata import default_data_root
+
+    make_baseline(name)                                 # unknown names fail before loading data
+    path = Path(fit_data) if fit_data else default_data_root() / STEP_TABLE
+    if not path.exists():
+        raise StepMLError(f"fit data not found: {path} (give --fit-data)")
+    dataset = load_dataset(path, "cycle")
+    ids = dataset.frame["experiment_id"].astype(str).to_numpy()
+    if fit_experiments:
+        wanted = [str(e) for e in fit_experiments]
+        unknown = [e for e in wanted if e not in set(ids)]
+        if unknown:
+            raise StepMLError(f"--fit-experiments: {', '.join(unknown)} not in {path} "
+                              f"(has: {', '.join(sorted(set(ids)))})")
+        rows = np.flatnonzero(np.isin(ids, wanted))
+    else:
+        rows = np.arange(len(ids))
+    model = fit_baseline(name, dataset, rows)
+    if fit_experiments:
+        model.name = f"{name}[{','.join(fit_experiments)}]"
+    return model

@@ -360,7 +360,10 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
         One row per request in send order: ``request``, ``stage``, ``stage_index``
         (index within the stage), ``stage_time_s``, ``arrival_s``, ``input_tokens``,
         ``output_tokens``, ``prompt_id``, ``system_prompt_id``, ``round``,
-        ``prefix_group``, ``prefix_len``.
+        ``prefix_group``, ``prefix_len`` and ``loop_phase_s``: the fraction of a second
+        the client's event-loop clock shows when the request is sent, uniform in
+        [0, 1) (drawn after everything else; aiohttp rounds long timeouts up to the
+        next whole second of that clock, see :mod:`evaluation.replay_setup`).
     """
     if prefix_mode not in PREFIX_MODES:
         raise StepMLError(f"unknown prefix mode '{prefix_mode}'; valid: {', '.join(PREFIX_MODES)}")
@@ -400,10 +403,23 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
     frame["input_tokens"] = inp.astype(np.int64)
     frame["output_tokens"] = np.full(len(frame), spec.output_len, dtype=np.int64)
     frame["system_prompt_id"] = sys_id.astype(np.int64)
-    pid = frame["prompt_id"].to_numpy(dtype=np.int64)
+    group, plen = _prefix_columns(spec, prefix_mode, turns, frame["prompt_id"].to_numpy(dtype=np.int64), sys_id,
+                                  rnd, inp, base)
+    frame["prefix_group"] = group
+    frame["prefix_len"] = plen
+    # drawn last, so the draws above do not depend on it
+    frame["loop_phase_s"] = rng.random(len(frame))
+    starts = np.concatenate(([0.0], np.cumsum([st.duration + stage_gap_s for st in profile.stages])[:-1]))
+    return place_stages(frame, starts)[_COLUMNS]
+
+
+def _prefix_columns(spec: SharedPrefixData, prefix_mode: str, turns: bool, pid: np.ndarray, sys_id: np.ndarray,
+                    rnd: np.ndarray, inp: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(prefix_group, prefix_len)`` of every request for a prefix mode (see :func:`requests_from_profile`)."""
+    n = pid.size
     if prefix_mode == "none":
-        group = np.full(len(frame), -1, dtype=np.int64)
-        plen = np.zeros(len(frame), dtype=np.int64)
+        group = np.full(n, -1, dtype=np.int64)
+        plen = np.zeros(n, dtype=np.int64)
     elif turns:
         # round 0 shares the system prompt; later rounds reuse the user's previous context
         first = rnd == 0
@@ -411,19 +427,16 @@ def requests_from_profile(profile: Profile, seed: int = 0, *, arrivals: str = "n
         prev_ctx = inp - spec.question_len              # previous prompt + its output
         plen = np.where(first, min(spec.system_prompt_len, base), np.minimum(prev_ctx, inp))
         if prefix_mode == "system":
-            group, plen = sys_id, np.full(len(frame), min(spec.system_prompt_len, base))
+            group, plen = sys_id, np.full(n, min(spec.system_prompt_len, base))
     elif prefix_mode == "prompt":
         group, plen = pid, inp
     else:
-        group, plen = sys_id, np.full(len(frame), min(spec.system_prompt_len, base))
-    frame["prefix_group"] = np.asarray(group, dtype=np.int64)
-    frame["prefix_len"] = np.asarray(plen, dtype=np.int64)
-    starts = np.concatenate(([0.0], np.cumsum([st.duration + stage_gap_s for st in profile.stages])[:-1]))
-    return place_stages(frame, starts)[_COLUMNS]
+        group, plen = sys_id, np.full(n, min(spec.system_prompt_len, base))
+    return np.asarray(group, dtype=np.int64), np.asarray(plen, dtype=np.int64)
 
 
 _COLUMNS = ["request", "stage", "stage_index", "stage_time_s", "arrival_s", "input_tokens", "output_tokens",
-            "prompt_id", "system_prompt_id", "round", "prefix_group", "prefix_len"]
+            "prompt_id", "system_prompt_id", "round", "prefix_group", "prefix_len", "loop_phase_s"]
 
 _TABLE_ALIASES = {
     "arrival_s": ("arrival_s", "arrival", "start_s", "arrival_time"),

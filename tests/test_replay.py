@@ -197,9 +197,10 @@ def test_replay_constant_step_is_hand_checkable(tmp_path, isolated_metadata):
     # prefill + first token in one 10 ms step, then two decode steps
     exp = make_experiment(tmp_path, profile=profile_dict(((10.0, 0.3),)))
     pred = Constant()
-    res = replay_experiment(exp, pred, arrivals="uniform")
+    res = replay_experiment(exp, pred, arrivals="uniform", capacity=False)
     assert isinstance(res, ReplayResult)
     assert res.num_steps == 9 and pred.calls == 9
+    assert res.load is None and not res.saturated and res.status == "ok"
     req = res.requests
     assert req["ttft_s"].to_numpy() == pytest.approx([0.010] * 3)
     assert req["e2e_s"].to_numpy() == pytest.approx([0.030] * 3)
@@ -389,3 +390,162 @@ def test_request_trace_folder_is_replayed_from_its_spans(data_root):
     # every request waits at least one 20 ms step for its first token and one step per output token
     assert entry["predicted"]["ttft_s"] >= 0.02 and entry["predicted"]["e2e_s"] > entry["predicted"]["ttft_s"]
     assert 0 <= entry["e2e_err"] < 1000 and entry["itl_err"] is None
+
+
+# -- client timeout, rejection, capacity, explanation check -----------------------------------------
+
+def lifecycle_json(summary) -> dict:
+    """An inference-perf lifecycle report written from a replayed window (the 'measurement' of a test)."""
+    block = lambda m: {"mean": m.mean, "median": m.median, "p90": m.p90, "p99": m.p99,  # noqa: E731
+                       "min": m.min, "max": m.max}
+    lat = {name: block(summary.metric(name)) for name in ("request_latency", "time_to_first_token",
+                                                         "time_per_output_token", "inter_token_latency",
+                                                         "normalized_time_per_output_token")}
+    return {"successes": {"count": summary.count, "latency": lat,
+                          "throughput": {"requests_per_sec": summary.requests_per_sec},
+                          "prompt_len": {"mean": 20.0}},
+            "failures": {"count": summary.failures, "request_latency": block(summary.failure_latency)}}
+
+
+def queue_experiment(tmp_path, *, timeout=0.35, rate=10.0, duration=0.3, output=20, results=None, name="exp"):
+    """One slot, uniform arrivals every 1/rate s, requests of 20 + ``output`` tokens, a client timeout."""
+    exp = make_experiment(tmp_path, name, profile=profile_dict(((rate, duration),), output=output), results=results,
+                          config={"model": "tiny/model", "tensor_parallelism": 1, "max_model_len": 256,
+                                  "max_num_batched_tokens": 256, "max_num_seqs": 1})
+    (exp / "results").mkdir(exist_ok=True)
+    (exp / "results" / "config.yaml").write_text(yaml.safe_dump({"load": {
+        "request_timeout": timeout, "num_workers": 2, "worker_max_concurrency": 100}}))
+    return exp
+
+
+def test_client_timeout_fails_late_requests_at_their_deadline(tmp_path, isolated_metadata):
+    # 10 ms steps, 20 tokens: a request holds the only slot for 200 ms; sent at 0.1, 0.2, 0.3 s they
+    # end at 0.3, 0.5 and 0.7 s (E2E 0.2, 0.3, 0.4 s); with a 0.35 s timeout the third fails at 0.65 s
+    exp = queue_experiment(tmp_path)
+    res = replay_experiment(exp, Constant(), arrivals="uniform")
+    assert res.client.timeout_s == 0.35 and not res.client.ceil_to_second and res.client.max_in_flight == 200
+    assert res.requests["outcome"].tolist() == ["ok", "ok", "timeout"]
+    s = res.predicted["stage_0"]
+    assert (s.count, s.failures) == (2, 1) and s.failure_fraction == pytest.approx(1 / 3)
+    assert s.request_latency.mean == pytest.approx(0.25)
+    assert s.failure_latency.mean == pytest.approx(0.35)
+    # the server dropped it at the first step after the deadline: 0.65 s is a step boundary here
+    assert res.num_steps == 20 + 20 + 15
+    # without a timeout every request is served
+    served = replay_experiment(exp, Constant(), arrivals="uniform", client=None)
+    assert served.predicted["stage_0"].failures == 0 and served.predicted["stage_0"].request_latency.max == \
+        pytest.approx(0.4)
+    out = res.to_json_dict()
+    assert out["failures"] == {"measured": None, "predicted": pytest.approx(1 / 3)}
+    assert out["client_timeout_s"] == 0.35 and out["status"] == "ok"
+
+
+def test_default_timeout_is_aiohttps_300_s_rounded_up_to_a_whole_second(tmp_path):
+    from evaluation.replay_setup import client_limits
+
+    exp = queue_experiment(tmp_path, timeout=None)
+    limits = client_limits(exp)
+    assert limits.timeout_s == 300.0 and limits.ceil_to_second
+    assert client_limits(tmp_path / "nowhere").timeout_s == 300.0      # no config.yaml: inference-perf defaults
+    (exp / "results" / "config.yaml").write_text("load: {request_timeout: -3}")
+    with pytest.raises(StepMLError, match="request_timeout must be > 0"):
+        client_limits(exp)
+    # the loop-clock phases are uniform draws made after every other draw of the seed
+    prof = parse_profile(profile_dict(((10.0, 100.0),)))
+    reqs = requests_from_profile(prof, seed=4)
+    phase = reqs["loop_phase_s"].to_numpy()
+    assert phase.min() >= 0 and phase.max() < 1 and abs(phase.mean() - 0.5) < 0.05
+
+
+def test_prompts_beyond_max_model_len_are_rejected_at_once(tmp_path, isolated_metadata):
+    # multi-turn inputs grow by question + output per round: 20, 130, 240 tokens; 240 + 100 > 256
+    prof = profile_dict(((10.0, 0.3),), groups=1, per_group=1, output=100, multi_turn=True)
+    exp = make_experiment(tmp_path, profile=prof)
+    res = replay_experiment(exp, Constant(), arrivals="uniform", capacity=False)
+    assert res.requests["outcome"].tolist() == ["ok", "ok", "rejected"]
+    assert res.predicted["summary"].failures == 1 and res.predicted["summary"].failure_latency.max == 0.0
+    too_long = make_experiment(tmp_path, "long", profile=profile_dict(output=250))
+    with pytest.raises(StepMLError, match="every request exceeds max_model_len"):
+        replay_experiment(too_long, Constant())
+
+
+def test_capacity_is_hand_checkable_and_marks_saturation(tmp_path, isolated_metadata):
+    from evaluation.capacity import experiment_load
+
+    # 8 slots, 20 tokens in (one prefill step), 3 out: a wave of 8 requests every 3 steps of 10 ms
+    exp = make_experiment(tmp_path, profile=profile_dict(((1.0, 1.0), (300.0, 0.1))))
+    load = experiment_load(exp, Constant())
+    assert load.capacity.requests_per_s == pytest.approx(8 / 0.030)
+    assert load.capacity.output_tokens_per_s == pytest.approx(3 * 8 / 0.030)
+    assert load.capacity.concurrency == pytest.approx(8) and load.capacity.step_time_s == pytest.approx(0.010)
+    assert [s.saturated for s in load.stages] == [False, True] and load.saturated
+    assert load.stages[1].utilization == pytest.approx(300 / (8 / 0.030))
+    res = replay_experiment(exp, Constant())
+    assert res.saturated and any("saturated" in n for n in res.notes)
+    assert res.to_json_dict()["load"]["capacity"]["requests_per_s"] == pytest.approx(8 / 0.030)
+
+
+def test_pace_check_explains_a_saturated_run_and_flags_an_unexplained_one(tmp_path, isolated_metadata):
+    from evaluation.saturation import pace_check
+
+    # the "measurement": the same experiment served with 20 ms steps (0.4 s per request, 10 req/s offered)
+    truth_exp = queue_experiment(tmp_path, timeout=1.0, duration=1.0, name="truth")
+    truth = replay_experiment(truth_exp, Constant(20_000.0), arrivals="uniform", capacity=False)
+    assert truth.predicted["summary"].failures > 0
+    report_json = lifecycle_json(truth.predicted["summary"])
+    exp = queue_experiment(tmp_path, timeout=1.0, duration=1.0, name="exp",
+                           results={"summary_lifecycle_metrics.json": report_json,
+                                    "stage_0_lifecycle_metrics.json": report_json})
+    res = replay_experiment(exp, Constant(10_000.0), arrivals="uniform")
+    assert res.saturated and res.status == "explained"
+    check = res.check
+    assert check.scale == pytest.approx(2.0, rel=1e-3) and check.step_time_error_pct == pytest.approx(-50, abs=0.1)
+    assert check.failures_replayed == pytest.approx(check.failures_measured)
+    assert abs(check.e2e_err) < 1e-6 and check.replays == 2
+    # a measurement the model cannot produce: the same latencies with nearly every request failed
+    bad = dict(report_json, failures=dict(report_json["failures"], count=1000))
+    odd = queue_experiment(tmp_path, timeout=1.0, duration=1.0, name="odd",
+                           results={"summary_lifecycle_metrics.json": bad, "stage_0_lifecycle_metrics.json": bad})
+    res = replay_experiment(odd, Constant(10_000.0), arrivals="uniform")
+    assert res.status == "unexplained" and "failures" in res.check.reason
+    out = res.to_json_dict()
+    assert out["e2e_err"] is None and out["failures"]["predicted"] is None and "predicted" not in out
+    assert out["simulated"]["summary"]["failures"] == res.predicted["summary"].failures == 1   # the 10 ms replay
+    again = pace_check(odd, Constant(10_000.0), replay_experiment(odd, Constant(10_000.0), arrivals="uniform",
+                                                                  explain=False), arrivals="uniform")
+    assert again == res.check
+
+
+REASONING = ("20260217-170634-llama-2-7b-tp1-reasoning", "20260218-065057-llama-2-70b-hf-tp4-reasoning",
+             "20260218-135247-mixtral-8x7b-v0-1-tp2-reasoning", "20260218-160939-codellama-34b-tp2-reasoning")
+
+
+def test_reasoning_failures_are_the_clients_300_s_timeout(real_path):
+    from evaluation.latency_metrics import read_lifecycle_report
+    from evaluation.replay_setup import client_limits
+
+    for exp in REASONING:
+        folder = real_path(f"blis/experiments/{exp}")
+        limits = client_limits(folder)
+        assert limits.timeout_s == 300.0 and limits.ceil_to_second and limits.max_in_flight == 22_400
+        summary = read_lifecycle_report(folder / "results" / "summary_lifecycle_metrics.json")
+        assert summary.failures > 0
+        # every failure ends within [300, 301] s of its send (aiohttp rounds the deadline up to a second)
+        assert 300.0 <= summary.failure_latency.min and summary.failure_latency.max <= 301.01   # + handling
+        assert summary.request_latency.max <= 301.01
+
+
+def test_capacity_at_the_measured_pace_matches_the_measured_decode_time(real_path):
+    from evaluation.capacity import experiment_load
+    from evaluation.latency_metrics import read_lifecycle_report
+    from evaluation.predictors import ScaledPredictor
+
+    folder = real_path("blis/experiments/20260218-065057-llama-2-70b-hf-tp4-reasoning")
+    meas = read_lifecycle_report(folder / "results" / "summary_lifecycle_metrics.json")
+    # a constant step equal to the measured decode pace (2 TPOT ~ 29.5 ms): 128 slots free up every
+    # 1,448 decode steps plus the prefill, i.e. 128 / (E2E - TTFT) of the successes
+    pace_us = 2e6 * meas.time_per_output_token.mean
+    load = experiment_load(folder, ScaledPredictor(Constant(1.0), pace_us))
+    implied = 128 / (meas.request_latency.mean - meas.time_to_first_token.mean)
+    assert load.capacity.requests_per_s == pytest.approx(implied, rel=0.03)
+    assert load.saturated and load.stages[0].offered_requests_per_s == 4.0

@@ -332,3 +332,55 @@ def test_empty_workload():
     assert len(res.steps) == 0 and len(res.requests) == 0
     assert list(res.steps.columns) == list(STEP_COLUMNS)
     assert res.token_times == []
+
+
+# (n) client deadlines: aborts of running and waiting requests -----------------------------------
+
+def test_deadline_aborts_a_running_request_and_frees_its_slot():
+    # one slot; request 0 (10 tokens out) must finish at 10 ms but its client gives up at 4.5 ms:
+    # the step starting at 5 ms sees the deadline and drops it; request 1 takes the slot then
+    w = Workload(np.zeros(2), np.array([10, 10]), np.array([10, 2]), deadline_s=np.array([4.5 * MS, np.inf]))
+    res = simulate(w, SchedulerConfig(max_num_seqs=1), const, record_token_times=True)
+    req = res.requests
+    assert req["aborted_s"].iloc[0] == pytest.approx(5 * MS) and math.isnan(req["finish_s"].iloc[0])
+    assert len(res.token_times[0]) == 5                      # tokens of the steps 0..4 ms
+    assert req["first_scheduled_s"].iloc[1] == pytest.approx(5 * MS)
+    assert req["finish_s"].iloc[1] == pytest.approx(7 * MS) and math.isnan(req["aborted_s"].iloc[1])
+    assert len(res.steps) == 7
+
+
+def test_deadline_aborts_a_waiting_request_before_it_is_scheduled():
+    w = Workload(np.zeros(3), np.array([10, 10, 10]), np.array([5, 5, 1]),
+                 deadline_s=np.array([np.inf, 2 * MS, np.inf]))
+    res = simulate(w, SchedulerConfig(max_num_seqs=1), const)
+    req = res.requests
+    assert req["aborted_s"].iloc[1] == pytest.approx(2 * MS)
+    assert math.isnan(req["first_scheduled_s"].iloc[1]) and math.isnan(req["finish_s"].iloc[1])
+    assert req["first_scheduled_s"].iloc[2] == pytest.approx(5 * MS)
+    assert req["finish_s"].iloc[2] == pytest.approx(6 * MS)
+    assert col(res, "queue.waiting_depth")[:3] == [2, 2, 1]  # request 1 left the queue at 2 ms
+
+
+def test_abort_frees_kv_blocks_and_the_run_ends_when_the_last_requests_are_aborted():
+    # two blocks of 16: request 0 (20 + 9 tokens) holds both, request 1 waits for a block until
+    # request 0 is aborted at the step starting at 4 ms; request 1 itself is then aborted at 6 ms
+    w = Workload(np.zeros(2), np.array([20, 10]), np.array([10, 10]),
+                 deadline_s=np.array([3.5 * MS, 5.5 * MS]))
+    res = simulate(w, SchedulerConfig(max_num_seqs=8, num_gpu_blocks=2), const)
+    req = res.requests
+    assert req["aborted_s"].tolist() == pytest.approx([4 * MS, 6 * MS])
+    assert req["first_scheduled_s"].iloc[1] == pytest.approx(4 * MS)
+    assert req["finish_s"].isna().all() and len(res.steps) == 6
+
+
+def test_deadline_validation():
+    with pytest.raises(ValueError, match="deadline_s has length"):
+        Workload(np.zeros(2), np.array([1, 1]), np.array([1, 1]), deadline_s=np.zeros(3))
+    with pytest.raises(ValueError, match="deadline_s is NaN"):
+        Workload(np.zeros(1), np.array([1]), np.array([1]), deadline_s=np.array([np.nan]))
+    # deadlines after every finish change nothing
+    base = simulate(wl([0.0, 0.001], [30, 40], [5, 4]), SchedulerConfig(), const)
+    late = simulate(Workload(np.array([0.0, 0.001]), np.array([30, 40]), np.array([5, 4]),
+                             deadline_s=np.array([1.0, 1.0])), SchedulerConfig(), const)
+    pd.testing.assert_frame_equal(base.steps, late.steps)
+    pd.testing.assert_frame_equal(base.requests, late.requests)
