@@ -1,5 +1,7 @@
-"""The one exception type that reaches users as a one-line message."""
+"""The one exception type that reaches users as a one-line message, and one-line warnings."""
 from __future__ import annotations
+
+import sys
 
 
 class StepMLError(Exception):
@@ -9,3 +11,13 @@ class StepMLError(Exception):
     value). Command-line entry points catch it through
     :func:`features.cli.run` and never show a traceback for it.
     """
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` as one line on stderr.
+
+    For input that is accepted but deserves a word (skipped lines, a column map
+    whose hardware does not match the file's path): the user sees it, the
+    results stay correct.
+    """
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr)

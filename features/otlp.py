@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,24 +56,71 @@ class ReadStats:
     skipped: int
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+
+
 def attribute_value(value: dict[str, Any]) -> Any:
-    """Decode one OTLP ``AnyValue`` (``intValue`` may be a string)."""
+    """Decode one OTLP ``AnyValue`` (``intValue`` may be a string).
+
+    Values are checked, never coerced silently: an ``intValue`` must be an
+    integer within int64 (``"29"``, ``29``; not ``1.5``, ``true`` or
+    ``1e30``), a ``doubleValue`` a number, a ``boolValue`` a JSON boolean.
+    Anything else raises :class:`ValueError` naming the value.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"value {value!r} is not an OTLP AnyValue object")
     if "intValue" in value:
-        return int(value["intValue"])
+        return _int64(value["intValue"])
     if "doubleValue" in value:
-        return float(value["doubleValue"])
+        raw = value["doubleValue"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError(f"doubleValue {raw!r} is not a number")
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"doubleValue {raw!r} is not a number") from None
     if "stringValue" in value:
         return value["stringValue"]
     if "boolValue" in value:
-        return bool(value["boolValue"])
+        if not isinstance(value["boolValue"], bool):
+            raise ValueError(f"boolValue {value['boolValue']!r} is not true or false")
+        return value["boolValue"]
     if "arrayValue" in value:
-        return [attribute_value(v) for v in value["arrayValue"].get("values", [])]
+        items = value["arrayValue"].get("values", []) if isinstance(value["arrayValue"], dict) else None
+        if not isinstance(items, list):
+            raise ValueError("arrayValue has no 'values' list")
+        return [attribute_value(v) for v in items]
     return None
+
+
+def _int64(raw: Any) -> int:
+    """An OTLP ``intValue`` (a JSON integer or a decimal string) checked to be an int64."""
+    if isinstance(raw, bool):
+        raise ValueError(f"intValue {raw!r} is a boolean, not an integer")
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
+        raw = int(raw)
+    if not isinstance(raw, int):
+        raise ValueError(f"intValue {raw!r} is not an integer")
+    if not INT64_MIN <= raw <= INT64_MAX:
+        raise ValueError(f"intValue {raw} is outside the int64 range")
+    return raw
 
 
 def attributes_dict(attributes: list[dict[str, Any]] | None) -> dict[str, Any]:
     """Turn an OTLP ``attributes`` list into a plain dict."""
-    return {a["key"]: attribute_value(a.get("value", {})) for a in attributes or ()}
+    out = {}
+    for a in attributes or ():
+        key = a["key"]
+        if not isinstance(key, str):
+            raise ValueError(f"attribute key {key!r} is not a string")
+        try:
+            out[key] = attribute_value(a.get("value", {}))
+        except ValueError as exc:
+            raise ValueError(f"'{key}': {exc}") from None
+    return out
 
 
 def _open_binary(path: Path):

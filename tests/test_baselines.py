@@ -265,8 +265,8 @@ def test_gbt_beats_naive_on_the_demo_data(demo, demo_split, fitted):
 
 
 def test_unknown_baseline_lists_the_valid_names():
-    with pytest.raises(StepMLError, match="unknown baseline 'xgboost'") as info:
-        make_baseline("xgboost")
+    with pytest.raises(StepMLError, match="unknown baseline 'catboost'") as info:
+        make_baseline("catboost")
     for name in BASELINES:
         assert name in str(info.value)
 
@@ -370,7 +370,7 @@ def test_cli_without_any_runnable_baseline_is_a_one_line_error(small_table, tmp_
 
 @pytest.mark.parametrize("args, message", [
     (("--split", "bogus", "--baselines", "naive"), "unknown split 'bogus'"),
-    (("--baselines", "naive,xgboost"), "unknown baseline 'xgboost'"),
+    (("--baselines", "naive,catboost"), "unknown baseline 'catboost'"),
     (("--data", "/nonexistent/steps.parquet"), "data not found"),
 ])
 def test_cli_errors_are_one_line_with_status_2(args, message, small_table):

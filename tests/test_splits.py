@@ -133,8 +133,9 @@ def test_bad_split_files_are_errors(tmp_path):
 
 
 def test_unknown_specs_and_columns_are_errors(frame):
-    with pytest.raises(StepMLError, match=r"unknown split 'random'; valid: temporal, lomo, lowo, logo:COLUMN"):
-        make_splits(frame, "random")
+    with pytest.raises(StepMLError, match=r"unknown split 'shuffle'; valid: temporal, random, kfold\[:K\[:COLUMN\]\], "
+                                          r"lomo, lowo, logo:COLUMN"):
+        make_splits(frame, "shuffle")
     with pytest.raises(StepMLError, match=r"unknown split 'logo:'"):
         make_splits(frame, "logo:")
     with pytest.raises(StepMLError, match=r"split 'logo:gpu': unknown column 'gpu'; valid: experiment_id, step\.id"):

@@ -79,6 +79,7 @@ def test_require_columns_lists_every_missing_one():
 CUSTOM_MAP = """
 name = "tiny"
 description = "a hand-made kernel table"
+hardware = "h100-sxm"
 group_columns = ["shape", "kernel"]
 experiment = "{hidden}-{dtype}"
 
@@ -100,7 +101,6 @@ routing = ["balanced", "uniform"]
 
 [constants]
 "arch.num_layers" = 1
-"hw.flops" = 989.5e12
 """
 
 
@@ -130,7 +130,8 @@ def test_custom_map_parses(custom_map):
                              "arch.intermediate_size": "inter_k"}
     assert cmap.units == {"arch.intermediate_size": 1024.0}
     assert cmap.filters == {"dtype": ["bf16"], "routing": ["balanced", "uniform"]}
-    assert cmap.constants == {"arch.num_layers": 1.0, "hw.flops": 989.5e12}
+    assert cmap.constants == {"arch.num_layers": 1.0}
+    assert cmap.hardware == "h100-sxm"
     assert cmap.group_columns == ("shape", "kernel")
     assert cmap.source == str(custom_map)
 
@@ -144,7 +145,7 @@ def test_custom_map_applied_to_a_small_table(custom_map):
     assert out["target.value_us"].tolist() == [500.0, 250.0, 4000.0, 8000.0]      # ms → µs
     assert out["shape"].tolist() == ["4096x14", "4096x14", "8192x28", "8192x28"]
     assert out["experiment_id"].tolist() == ["4096-bf16", "4096-bf16", "8192-bf16", "8192-bf16"]
-    assert out["arch.num_layers"].tolist() == [1.0] * 4 and out["hw.flops"].iloc[0] == 989.5e12
+    assert out["arch.num_layers"].tolist() == [1.0] * 4
     assert out["kernel"].tolist() == ["triton", "triton", "cutlass", "cutlass"]   # raw group column kept
     assert out["routing"].tolist() == ["balanced", "uniform", "balanced", "uniform"]
     assert out["step.id"].tolist() == [0, 1, 2, 3]
@@ -160,6 +161,8 @@ def test_custom_map_through_load_dataset(tmp_path, custom_map):
     assert ds.frame["experiment_id"].tolist() == ["bf16"] * 4
     assert ds.group_columns == ("experiment_id", "shape", "kernel")
     assert ds.y.tolist() == [500.0, 250.0, 4000.0, 8000.0]
+    assert ds.frame["hardware"].tolist() == ["h100-sxm"] * 4                  # hw.* from the datasheet
+    assert ds.frame["hw.flops"].tolist() == [989.5e12] * 4 and ds.frame["hw.hbm_bw"].iloc[0] == 3.35e12
     assert ds.frame["batch.scheduled_tokens"].dtype == np.int64
     assert "scheduled_tokens" in ds.feature_names() and "hidden_size" in ds.feature_names()
     with pytest.raises(StepMLError, match=r"unknown target 'cycle'"):
