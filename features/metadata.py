@@ -189,15 +189,22 @@ def load_hardware(path: str | Path) -> Hardware:
             nvlink = link["pcie_bandwidth_gb_s"]
         return Hardware(
             name=str(sheet.get("name", path.stem)),
-            dense_bf16_flops=tflops * 1e12,
-            hbm_bytes_per_s=_positive(sheet["memory"]["bandwidth_tb_s"], "memory.bandwidth_tb_s") * 1e12,
-            interconnect_bytes_per_s=_positive(nvlink, "interconnect bandwidth") * 1e9,
-            memory_bytes=_positive(sheet["memory"]["capacity_gb"], "memory.capacity_gb") * 1e9,
+            dense_bf16_flops=_scaled(tflops, 12),
+            hbm_bytes_per_s=_scaled(_positive(sheet["memory"]["bandwidth_tb_s"], "memory.bandwidth_tb_s"), 12),
+            interconnect_bytes_per_s=_scaled(_positive(nvlink, "interconnect bandwidth"), 9),
+            memory_bytes=_scaled(_positive(sheet["memory"]["capacity_gb"], "memory.capacity_gb"), 9),
         )
     except KeyError as exc:
         raise StepMLError(f"{path}: not a hardware datasheet (no {exc})") from None
     except (TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
         raise StepMLError(f"{path}: not a hardware datasheet ({exc})") from None
+
+
+def _scaled(value: float, power: int) -> float:
+    """``value × 10**power`` rounded once, as the decimal figure reads (2.039 TB/s → 2039e9 B/s exactly)."""
+    from decimal import Decimal
+
+    return float(Decimal(repr(value)).scaleb(power))
 
 
 def _positive(value: Any, what: str) -> float:

@@ -284,5 +284,21 @@ def read_request_spans(path: str | Path, skip_bad_lines: bool = False,
     frame = frame[cols].sort_values("arrival_s", kind="stable").reset_index(drop=True)
     for col in ("prompt_tokens", "completion_tokens", "max_tokens"):
         if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col]).astype("int64")
+            frame[col] = _token_counts(frame[col], col, path)
     return frame
+
+
+def _token_counts(column: pd.Series, name: str, path: str | Path) -> pd.Series:
+    """Token counts as int64: whole numbers >= 0 (never text, booleans or fractions, which would be cut)."""
+    flags = column.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool)
+    values = pd.to_numeric(column.where(~flags), errors="coerce").to_numpy(dtype=float)
+    bad = flags | ~np.isfinite(values) | (values < 0) | (values != np.floor(values)) | (np.abs(values) >= 2.0 ** 63)
+    bad &= column.notna().to_numpy() | flags
+    missing = column.isna().to_numpy()
+    if name == "max_tokens" and missing.any() and not bad.any():  # optional: spans without it stay NaN
+        return pd.Series(values, index=column.index)
+    if bad.any() or missing.any():
+        first = int(np.flatnonzero(bad | missing)[0])
+        raise StepMLError(f"{path}: llm_request span #{first + 1} has {name} {column.iloc[first]!r}, not a whole "
+                          f"number of tokens >= 0 ({int((bad | missing).sum())} such span(s))")
+    return pd.Series(values.astype("int64"), index=column.index)
