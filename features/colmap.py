@@ -64,6 +64,8 @@ FEATURE_KEYS = ("column", "scale")
 CANONICAL_PREFIXES = ("step.", "queue.", "batch.", "kv.", "arch.", "hw.", "target.")
 #: Canonical columns a map may not set: the loader derives them.
 RESERVED = ("experiment_id", "step.id", "target.value_us")
+#: Deepest bracket nesting an expression may have.
+MAX_NESTING = 50
 
 
 @dataclass(frozen=True)
@@ -322,12 +324,18 @@ def parse_derived(text: str, columns: list[str] | pd.Index, what: str = "express
     from search_spaces.expressions import parse_expression
 
     have = [str(c) for c in columns]
+    depth = deepest = 0
+    for ch in str(text):
+        depth += (ch in "([{") - (ch in ")]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:  # Python's own parser gives up (MemoryError) near 200 levels
+        raise StepMLError(f"{what} '{str(text)[:60]}...': brackets nested deeper than {MAX_NESTING}")
 
     def resolve(name: str) -> Any:
         if name not in have:
             raise StepMLError(f"{what} '{text}' names unknown column '{name}'{_suggest(name, have)}; "
                               f"the table has: {', '.join(have)}")
-        return sympy.Symbol(name)
+        return sympy.Symbol(name, real=True)  # table values are real: sympy keeps Abs(exp(a)) as exp(a), not re()
 
     return parse_expression(text, resolve, _functions(), symbol=resolve, what=what)
 
@@ -358,7 +366,7 @@ def _evaluate(expr: Any, column: Callable[[str], np.ndarray]) -> Any:
 
     if expr.is_Symbol:
         return column(expr.name)
-    if expr.is_Number:
+    if expr.is_number:  # 2, 0.5, and constants sympy writes symbolically (E for exp(1), sqrt(2))
         return float(expr)
     args = [_evaluate(a, column) for a in expr.args]
     if isinstance(expr, sympy.Add):
@@ -449,6 +457,8 @@ def apply_colmap(table: pd.DataFrame, cmap: ColumnMap, source: str = "table", *,
     raw = _filter(raw, cmap, source, [c for c in cmap.filters if c not in cmap.derived])
     for name, text in cmap.derived.items():  # in file order: a derived column may use earlier ones
         what = f"column map '{cmap.name}' [derived] '{name}'"
+        if name in table.columns:
+            raise StepMLError(f"{source}: {what} would replace the table's column '{name}'; give it another name")
         if cmap.is_expression(name):
             raw[name] = evaluate_derived(parse_derived(text, raw.columns, what), raw, source, what)
         else:

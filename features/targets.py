@@ -75,6 +75,7 @@ def target_column(name: str, columns: list[str] | pd.Index, mapped: bool = False
                          and c != "target.cycle_gap"]
     others = [c for c in cols if c not in offered and c not in TARGET_ALIASES.values()
               and c not in ("step.id", "target.cycle_gap")]
+    others.sort(key=lambda c: "." in c)  # the table's own columns first, then canonical ones
     why = ""
     if name in TARGET_ALIASES:
         why = (f" ('{name}' needs step data: a column-mapped table has no step timestamps)" if mapped
