@@ -413,6 +413,7 @@ def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
     check_writable_dir(export_dir, "export folder")  # AUDIT.md and the plots go there
     doc, predictor = load_artifact(export_dir)
     check_artifact(doc, export_dir / "artifact.json")
+    read_test_vectors(export_dir / "test_vectors.csv", [f["name"] for f in doc["features"]])  # before the slow part
     dataset, split = run_data(doc)
     inv = invariants(export_dir, doc, predictor, dataset, split)
     comp = comparison(predictor, dataset, split, seed=int(doc.get("seed") or 0))

@@ -173,7 +173,10 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no run.json (not a run directory?)")
-    return read_json(path, "run.json")
+    info = read_json(path, "run.json")
+    if not isinstance(info, dict):
+        raise StepMLError(f"{path}: run.json must be a JSON object, got {type(info).__name__}")
+    return info
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:

@@ -286,8 +286,10 @@ def _numeric(raw: pd.DataFrame, column: str, source: str, role: str) -> pd.Serie
     bad = values.isna().to_numpy() & series.notna().to_numpy()
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
+        value = series.iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value
         raise StepMLError(f"{source}: column '{column}' ({role}) has {int(bad.sum())} non-numeric value(s), "
-                          f"first {series.iloc[first]!r} at row {first}")
+                          f"first {value!r} at row {first}")
     return values
 
 

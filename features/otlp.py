@@ -299,6 +299,8 @@ def _token_counts(column: pd.Series, name: str, path: str | Path) -> pd.Series:
         return pd.Series(values, index=column.index)
     if bad.any() or missing.any():
         first = int(np.flatnonzero(bad | missing)[0])
-        raise StepMLError(f"{path}: llm_request span #{first + 1} has {name} {column.iloc[first]!r}, not a whole "
+        value = column.iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise StepMLError(f"{path}: llm_request span #{first + 1} has {name} {value!r}, not a whole "
                           f"number of tokens >= 0 ({int((bad | missing).sum())} such span(s))")
     return pd.Series(values.astype("int64"), index=column.index)
