@@ -342,7 +342,10 @@ def _save_png(fig: Any, path: Path) -> str:
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
-    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+    """A number formatted with ``spec``; ``-`` for a missing, NaN or non-numeric value."""
+    if not _is_number(v) or v != v:
+        return "-"
+    return format(v, spec)
 
 
 def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], beyond: dict[str, Any],
@@ -397,10 +400,11 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
                      + ("applied." if r.get("applied") else "not applied (moved ≥ 0.1 point)."))
     else:
         lines.append("Constants were not rounded.")
-    checks = doc.get("checks", {})
+    checks = doc.get("checks") or {}
     lines += ["", "## Compiled exports", ""] + [f"- {k}: {v.get('status')} {v.get('detail') or ''}" for k, v in checks.items()]
-    if not doc.get("go", {}).get("exported", False):
-        lines.append(f"- go: not exported ({doc.get('go', {}).get('reason')})")
+    go = doc.get("go") or {}
+    if not go.get("exported", False):
+        lines.append(f"- go: not exported ({go.get('reason')})")
     return "\n".join(lines) + "\n"
 
 

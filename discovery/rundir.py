@@ -101,6 +101,8 @@ def read_hof(run_dir: Path) -> pd.DataFrame:
     if table.empty:
         raise StepMLError(f"{path}: no rows")
     short = _short_rows(data.decode("utf-8", errors="replace"), len(table.columns))
+    if short == 0:
+        raise StepMLError(f"{path}: not a well-formed CSV file (a line break inside an unquoted cell)")
     if short is not None:
         raise StepMLError(f"{path}: row {short} has fewer cells than the header (cut or edited)")
     out = table.copy()
@@ -139,9 +141,12 @@ def _short_rows(text: str, width: int) -> int | None:
     import csv
     import io
 
-    for number, cells in enumerate(csv.reader(io.StringIO(text)), start=0):
-        if number and len(cells) < width:
-            return number
+    try:
+        for number, cells in enumerate(csv.reader(io.StringIO(text, newline="")), start=0):
+            if number and len(cells) < width:
+                return number
+    except csv.Error:
+        return 0
     return None
 
 

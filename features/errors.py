@@ -4,13 +4,22 @@ from __future__ import annotations
 import sys
 
 
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: for messages quoting a library."""
+    return " ".join(str(text).split())
+
+
 class StepMLError(Exception):
     """A problem with the user's input, reported as one line and exit status 2.
 
     Raise it with a message that names the problem (file, line, column,
     value). Command-line entry points catch it through
-    :func:`features.cli.run` and never show a traceback for it.
+    :func:`features.cli.run` and never show a traceback for it. The message
+    is kept on one line (a library's multi-line text quoted in it is joined).
     """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(message), *args)
 
 
 def warn(message: str) -> None:
@@ -20,4 +29,4 @@ def warn(message: str) -> None:
     whose hardware does not match the file's path): the user sees it, the
     results stay correct.
     """
-    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+    print("warning: " + one_line(message), file=sys.stderr)

@@ -298,8 +298,11 @@ def test_property_artifact_fields_are_checked_before_use(exported, data):
         value = data.draw(json_values)
         node, parts = doc, key.split(".")
         for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.get(part, {})
-        if isinstance(node, list):
+            if isinstance(node, list):
+                node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            elif isinstance(node, dict):
+                node = node.get(part)
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
             node[int(parts[-1])] = value
         elif isinstance(node, dict):
             node[parts[-1]] = value
