@@ -484,3 +484,40 @@ def test_missing_step_columns_suggest_a_column_map(tmp_path, isolated_metadata):
     with pytest.raises(StepMLError, match=r"missing required attribute\(s\): step\.id.*not a step table\? map its "
                                           r"columns with --colmap"):
         load_dataset(path)
+
+
+def _readme_maps() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+
+
+def test_the_readme_column_map_examples_work(tmp_path, isolated_metadata):
+    first, second = _readme_maps()
+    rng = np.random.default_rng(0)
+    for hw, model in (("a100-80gb", "llama"), ("l40s", "llama"), ("h100", "mistral")):
+        batch = rng.integers(1, 64, 12)
+        write_table(tmp_path / "runs" / f"{hw}_runs" / model / "ops.csv",
+                    pd.DataFrame({"batch": batch, "kv_len": rng.integers(16, 2048, 12), "width_k": 4,
+                                  "step_ms": 5 + 0.1 * batch}))
+    ds = load_dataset(tmp_path / "runs", colmap=_map(tmp_path, second, "ops.toml"))
+    assert len(ds.frame) == 36 and set(ds.frame["hardware"]) == {"a100-sxm-80gb", "l40s", "h100-sxm"}
+    np.testing.assert_array_equal(ds.frame["kv.tokens_in_use"],
+                                  ds.frame["batch.num_decode_reqs"] * pd.concat(
+                                      [pd.read_csv(f)["kv_len"] for f in sorted((tmp_path / "runs").rglob("ops.csv"))],
+                                      ignore_index=True))
+    assert ds.frame["arch.hidden_size"].unique().tolist() == [4096.0]
+    from features.splits import make_splits
+
+    assert [s.fold for s in make_splits(ds.frame, "logo:hardware")] == ["a100-sxm-80gb", "h100-sxm", "l40s"]
+    cmap = load_colmap(_map(tmp_path, first, "vidur.toml"))
+    assert cmap.hardware == "h100-sxm" and len(cmap.target) == 3
+
+
+def test_the_readme_vidur_example_on_three_real_models(real_path, tmp_path):
+    folder = real_path("kernels/vidur_h100")
+    first = _readme_maps()[0]
+    ds = load_dataset(str(folder / "*-hf" / "mlp.csv"), colmap=_map(tmp_path, first, "vidur.toml"))
+    assert set(ds.frame["shape"]) == {"4096x11008", "8192x28672", "8192x22016"}
+    assert set(ds.frame["hw.flops"]) == {989.5e12}
