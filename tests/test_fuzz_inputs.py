@@ -498,3 +498,17 @@ def test_expressions_sympy_rewrites_stay_evaluable():
                                    rtol=1e-12)
     with pytest.raises(StepMLError, match=r"brackets nested deeper than 50"):
         parse_derived("(" * 300 + "a" + ")" * 300, table.columns)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--out", "{file}"], "--out {file} is an existing file, not a folder"),
+    (["--out", "{file}/sub"], "is a file, not a folder"),
+    (["--out", "{dir}", "--seed", "-1"], "--seed must be >= 0, got -1"),
+])
+def test_demo_output_problems(tmp_path, capsys, argv, needle):
+    from features import demo
+
+    (tmp_path / "file").write_text("keep")
+    fill = {"file": str(tmp_path / "file"), "dir": str(tmp_path / "d")}
+    one_line_error(capsys, run_main(demo.main, [a.format(**fill) for a in argv]), needle.format(**fill))
+    assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "d").exists()
