@@ -512,3 +512,40 @@ def test_demo_output_problems(tmp_path, capsys, argv, needle):
     fill = {"file": str(tmp_path / "file"), "dir": str(tmp_path / "d")}
     one_line_error(capsys, run_main(demo.main, [a.format(**fill) for a in argv]), needle.format(**fill))
     assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "d").exists()
+
+
+CELL_TEXT = st.one_of(st.integers(0, 10 ** 6).map(str), st.sampled_from(
+    ["", "True", "false", "1e300", "-5", "0.5", " 7 ", "7.0", "nan", "inf", "-0", "0x10", "1,000", "٣", "1e3",
+     "9223372036854775808", "NULL", "None", "\"3\""]), st.text(max_size=5))
+
+
+@settings(FUZZ, max_examples=(EXAMPLES // 20) or 25)
+@given(column=st.sampled_from(["batch.prefill_tokens", "batch.decode_tokens", "queue.running_depth",
+                               "kv.usage_gpu_ratio", "kv.blocks_total_gpu", "batch.num_decode_reqs"]),
+       row=st.integers(0, 6), text=CELL_TEXT)
+def test_property_a_step_table_cell_is_read_exactly_or_refused(tmp_path_factory, column, row, text):
+    table = steps_table({"a": 8, "b": 8}).astype(str)
+    table.loc[row, column] = text
+    path = tmp_path_factory.mktemp("cell") / "s.csv"
+    path.write_text(table.to_csv(index=False))
+    try:
+        ds = load_dataset(path)
+    except StepMLError as exc:
+        event("refused")
+        assert "\n" not in str(exc)
+        return
+    event("accepted")
+    step = int(table.loc[row, "step.id"])
+    got = ds.frame.loc[(ds.frame["experiment_id"] == "a") & (ds.frame["step.id"] == step), column]
+    assert len(got) == 1
+    want = float(text)                       # anything accepted must be the number the cell says
+    assert got.iloc[0] == want and math.isfinite(want) and want >= 0
+
+
+def test_a_relative_column_map_path_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("m.toml").write_text('[target]\ncolumn = "ms"\n')
+    parser = __import__("argparse").ArgumentParser()
+    describe.add_data_arguments(parser)
+    assert parser.parse_args(["--colmap", "m.toml"]).colmap == str(tmp_path / "m.toml")
+    assert parser.parse_args(["--colmap", "moe_perf"]).colmap == "moe_perf"
