@@ -234,12 +234,8 @@ def read_table(path: Path) -> pd.DataFrame:
         raise StepMLError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from None
 
 
-def _map_patterns(cmap: ColumnMap) -> tuple[str, ...]:
-    return cmap.files
-
-
 def _matches(cmap: ColumnMap, path: Path) -> bool:
-    return any(fnmatch.fnmatch(path.name, pattern) for pattern in _map_patterns(cmap))
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in cmap.files)
 
 
 def shipped_colmap_for(path: str | Path | Sequence[str | Path]) -> ColumnMap | None:

@@ -96,17 +96,22 @@ def attribute_value(value: dict[str, Any]) -> Any:
 
 def _int64(raw: Any) -> int:
     """An OTLP ``intValue`` (a JSON integer or a decimal string) checked to be an int64."""
-    if isinstance(raw, bool):
+    kind = type(raw)
+    if kind is str and raw.isascii() and raw.isdigit():  # the common case, fast: "29"
+        value = int(raw)
+    elif kind is int:
+        value = raw
+    elif isinstance(raw, bool):
         raise ValueError(f"intValue {raw!r} is a boolean, not an integer")
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
-    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
-        raw = int(raw)
-    if not isinstance(raw, int):
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
+        value = int(raw)
+    else:
         raise ValueError(f"intValue {raw!r} is not an integer")
-    if not INT64_MIN <= raw <= INT64_MAX:
-        raise ValueError(f"intValue {raw} is outside the int64 range")
-    return raw
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"intValue {value} is outside the int64 range")
+    return value
 
 
 def attributes_dict(attributes: list[dict[str, Any]] | None) -> dict[str, Any]:
