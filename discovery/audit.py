@@ -45,6 +45,57 @@ def latest_export(root: Path = Path("exported")) -> Path:
     return max(found, key=lambda p: ((p / "artifact.json").stat().st_mtime, p.name))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: Fields of an artifact the audit reads, with a check and what the check expects.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "data": (lambda v: isinstance(v, str), "a string"),
+    "target": (lambda v: isinstance(v, str), "a string"),
+    "split": (lambda v: isinstance(v, str), "a string"),
+    "engine": (lambda v: isinstance(v, str), "a string"),
+    "complexity": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "constants": (lambda v: isinstance(v, list) and all(_is_number(c) for c in v), "a list of numbers"),
+    "metrics": (lambda v: isinstance(v, dict) and all(_is_number(v.get(k)) or v.get(k) is None
+                                                      for k in ("train_mape", "val_mape", "test_mape", "val_mspe"))
+                and all(k in v for k in ("val_mape", "test_mape")), "an object with numeric val_mape and test_mape"),
+    "rounding": (lambda v: isinstance(v, dict), "an object"),
+    "seed": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer or null"),
+    "max_gap": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+                "an integer >= 1 or null"),
+    "fold": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "data_hash": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "data_path": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "colmap": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "experiments": (lambda v: v is None or (isinstance(v, list) and all(isinstance(e, str) for e in v)),
+                    "a list of strings or null"),
+    "checks": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(c, dict) for c in v.values())),
+               "an object of objects"),
+    "go": (lambda v: v is None or isinstance(v, dict), "an object"),
+}
+_OPTIONAL = ("seed", "max_gap", "fold", "data_hash", "data_path", "colmap", "experiments", "checks", "go")
+
+
+def check_artifact(doc: dict[str, Any], source: Path | str) -> None:
+    """Refuse an artifact whose fields the audit reads are missing or of the wrong type (one line each)."""
+    for key, (ok, expected) in _FIELDS.items():
+        if key not in doc:
+            if key in _OPTIONAL:
+                continue
+            raise StepMLError(f"{source}: artifact lacks '{key}' ({expected}); re-export the formula")
+        if not ok(doc[key]):
+            raise StepMLError(f"{source}: artifact field '{key}' must be {expected}, got {doc[key]!r:.80}")
+    expression = doc["expression"]
+    if not isinstance(expression.get("latex"), str):
+        raise StepMLError(f"{source}: artifact field 'expression.latex' must be a string")
+    for f in doc["features"]:
+        for key in ("unit", "availability", "description", "definition"):
+            if not isinstance(f.get(key, ""), str):
+                raise StepMLError(f"{source}: artifact feature '{f['name']}' field '{key}' must be a string")
+
+
 def _server_limits(dataset) -> tuple[int, int, int]:
     for meta in dataset.experiments.values():
         if meta.server is not None:
@@ -143,7 +194,7 @@ def _run_formula_py(export_dir: Path) -> dict[str, Any]:
     export_dir = export_dir.resolve()
     features = json.loads((export_dir / "artifact.json").read_text())["features"]
     names = [f["name"] for f in features]
-    vectors = pd.read_csv(export_dir / "test_vectors.csv")
+    vectors = read_test_vectors(export_dir / "test_vectors.csv", names)
     code = (
         "import importlib.util, json, os, sys, time\n"
         f"spec = importlib.util.spec_from_file_location('formula', {str(export_dir / 'formula.py')!r})\n"
@@ -162,6 +213,26 @@ def _run_formula_py(export_dir: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise StepMLError(f"formula.py failed to run: {proc.stderr.strip().splitlines()[-1] if proc.stderr else '?'}")
     return json.loads(proc.stdout)
+
+
+def read_test_vectors(path: Path, names: Sequence[str]) -> pd.DataFrame:
+    """``test_vectors.csv``: the feature columns and ``expected_us``, all finite numbers, at least one row."""
+    if not path.is_file():
+        raise StepMLError(f"{path}: missing; re-export the formula")
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:  # pandas raises several types for broken CSVs
+        raise StepMLError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in list(names) + ["expected_us"] if c not in table.columns]
+    if missing:
+        raise StepMLError(f"{path}: missing column(s) {', '.join(missing)}; re-export the formula")
+    if table.empty:
+        raise StepMLError(f"{path}: no test vectors; re-export the formula")
+    values = table[list(names) + ["expected_us"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        row = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+        raise StepMLError(f"{path}: row {row} holds a value that is not a finite number; re-export the formula")
+    return table
 
 
 def comparison(predictor, dataset, split, seed: int = 0) -> dict[str, Any]:
@@ -226,25 +297,30 @@ def plots(export_dir: Path, predictor, dataset, split) -> list[str]:
 
     pred = predictor.predict(dataset.frame)
     y = dataset.y
-    res = (pred - y) / y * 100
+    with np.errstate(all="ignore"):
+        res = (pred - y) / y * 100
+    ok = np.isfinite(pred) & np.isfinite(res)  # a formula may be infinite somewhere: plot what is finite
     names = []
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
     for part, color in (("train", "0.7"), ("val", "C0"), ("test", "C3")):
         idx = split.part(part)
+        idx = idx[ok[idx]]
         axes[0].scatter(y[idx] / 1e3, pred[idx] / 1e3, s=3, color=color, label=part, alpha=0.6)
         axes[1].scatter(pred[idx] / 1e3, res[idx], s=3, color=color, alpha=0.6)
-    lim = [min(y.min(), pred.min()) / 1e3, max(y.max(), pred.max()) / 1e3]
+    finite = pred[ok] if ok.any() else y
+    lim = [min(y.min(), finite.min()) / 1e3, max(y.max(), finite.max()) / 1e3]
     axes[0].plot(lim, lim, color="k", lw=0.8)
     axes[0].set_xlabel("measured (ms)"), axes[0].set_ylabel("predicted (ms)"), axes[0].legend(fontsize=7)
     axes[1].axhline(0, color="k", lw=0.8)
     axes[1].set_xlabel("predicted (ms)"), axes[1].set_ylabel("residual (%)")
-    axes[2].hist(res[split.test], bins=60, color="C3")
+    axes[2].hist(res[split.test][ok[split.test]], bins=60, color="C3")
     axes[2].set_xlabel("test residual (%)")
     names.append(_save_png(fig, export_dir / "residuals.png"))
     if "batch.num_decode_reqs" in dataset.frame.columns:
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
         bs = (dataset.frame["batch.num_decode_reqs"] + dataset.frame["batch.num_prefill_reqs"]).to_numpy()
-        ax.scatter(bs[split.test], res[split.test], s=3, color="C3")
+        test = split.test[ok[split.test]]
+        ax.scatter(bs[test], res[test], s=3, color="C3")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("batch size (requests)"), ax.set_ylabel("test residual (%)")
         names.append(_save_png(fig, export_dir / "residuals_batch.png"))
@@ -266,7 +342,10 @@ def _save_png(fig: Any, path: Path) -> str:
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
-    return "-" if v is None or (isinstance(v, float) and v != v) else format(v, spec)
+    """A number formatted with ``spec``; ``-`` for a missing, NaN or non-numeric value."""
+    if not _is_number(v) or v != v:
+        return "-"
+    return format(v, spec)
 
 
 def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], beyond: dict[str, Any],
@@ -321,10 +400,11 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
                      + ("applied." if r.get("applied") else "not applied (moved ≥ 0.1 point)."))
     else:
         lines.append("Constants were not rounded.")
-    checks = doc.get("checks", {})
+    checks = doc.get("checks") or {}
     lines += ["", "## Compiled exports", ""] + [f"- {k}: {v.get('status')} {v.get('detail') or ''}" for k, v in checks.items()]
-    if not doc.get("go", {}).get("exported", False):
-        lines.append(f"- go: not exported ({doc.get('go', {}).get('reason')})")
+    go = doc.get("go") or {}
+    if not go.get("exported", False):
+        lines.append(f"- go: not exported ({go.get('reason')})")
     return "\n".join(lines) + "\n"
 
 
@@ -332,7 +412,12 @@ def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
     """Run the audit; return (JSON-ready result, all invariants pass)."""
     from discovery.formula import load_artifact, run_data
 
+    from features.io import check_writable_dir
+
+    check_writable_dir(export_dir, "export folder")  # AUDIT.md and the plots go there
     doc, predictor = load_artifact(export_dir)
+    check_artifact(doc, export_dir / "artifact.json")
+    read_test_vectors(export_dir / "test_vectors.csv", [f["name"] for f in doc["features"]])  # before the slow part
     dataset, split = run_data(doc)
     inv = invariants(export_dir, doc, predictor, dataset, split)
     comp = comparison(predictor, dataset, split, seed=int(doc.get("seed") or 0))
@@ -361,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, r in result["invariants"].items():
             print(f"{name}: {'PASS' if r['pass'] else 'FAIL'}  {json.dumps(r['value'])}")
         t = result["metrics"]["formula"]
-        print(f"validation MAPE {t['val_mape']:.3f} %, test MAPE {t['test_mape']:.3f} %")
+        print(f"validation MAPE {_fmt(t['val_mape'], '.3f')} %, test MAPE {_fmt(t['test_mape'], '.3f')} %")
         print(f"wrote {export_dir / 'AUDIT.md'}")
     return 0 if ok else 1
 

@@ -163,17 +163,20 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     from discovery.rundir import expr_of, read_hof, read_run_json
     from search_spaces.operators import complexity
 
+    from features.io import check_writable_dir
+
     hof, info = read_hof(run_dir), read_run_json(run_dir)
     front = front_of(hof)
     row_index = pick_row(front, pick)
     row = front.iloc[row_index]
-    dataset, split = run_data(info)
     name = check_export_name(f"{run_dir.name}-{pick}" if name is None else name)
     out_dir = Path(out) if out else EXPORTED_DIR / name
+    check_writable_dir(out_dir, "--out" if out else "export folder")
     if (out_dir / "artifact.json").exists():
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
-
     original = expr_of(row)
+    dataset, split = run_data(info)
+
     expr = fold_constant_features(simplify(original), dataset)
     used = sorted(str(s) for s in expr.free_symbols)
     X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
@@ -187,6 +190,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
             expr, full_metrics = rounded, rounded_metrics
             rounding["applied"] = True
+    check_positive(expr, used, dataset)
     defs, baked = baked_definitions(used, dataset)
     go_reason = _go_refusal(defs)
     if go_reason and require_go:
@@ -227,6 +231,31 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         echo(f"  stepml.go not written: {go_reason}")
     echo(f"wrote {out_dir}/")
     return out_dir
+
+
+def check_positive(expr: sympy.Expr, used: Sequence[str], dataset) -> None:
+    """Refuse a formula that predicts a step time that is not a finite positive number on the data.
+
+    A step takes time: a formula giving 0, a negative, an infinite or a
+    complex-valued (NaN) time for a row of its own data (the non-empty batches)
+    would hand a simulator nonsense, so it is not exported.
+    """
+    from search_spaces.operators import lambdify_formula
+
+    frame = dataset.frame
+    rows = (frame["batch.scheduled_tokens"].to_numpy() > 0 if "batch.scheduled_tokens" in frame.columns
+            else np.ones(len(frame), dtype=bool))
+    with np.errstate(all="ignore"):
+        pred = (np.asarray(lambdify_formula(expr, list(used))(dataset.features(used)), dtype=float) if used
+                else np.full(len(frame), float(expr)))
+    pred = np.broadcast_to(pred, (len(frame),))[rows]
+    bad = ~np.isfinite(pred) | (pred <= 0)
+    if bad.any():
+        first = float(pred[np.flatnonzero(bad)[0]])
+        kind = "not a finite number" if not np.isfinite(first) else "zero or negative"
+        raise StepMLError(f"formula {sympy.sstr(expr)} predicts a step time that is {kind} ({first!r} µs) on "
+                          f"{int(bad.sum())} of {len(pred)} rows of its data; not exported (pick another front "
+                          "member with --pick)")
 
 
 def fold_constant_features(expr: sympy.Expr, dataset) -> sympy.Expr:

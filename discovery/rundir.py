@@ -74,18 +74,80 @@ def write_hof(run_dir: Path, rows: list[HofRow]) -> Path:
 
 
 def read_hof(run_dir: Path) -> pd.DataFrame:
-    """Read a run's hall of fame (one-line error when missing or malformed)."""
+    """Read a run's hall of fame; a missing, truncated or malformed file is a one-line error.
+
+    Checked: the file ends with a newline (every writer, ours and PySR's, ends
+    it so; a file cut mid-row does not), every row has every column,
+    ``Complexity`` holds whole numbers >= 0, ``Loss`` and the metric columns hold
+    numbers (empty, ``inf`` or ``nan`` allowed for the metrics), ``Equation`` is
+    never empty.
+    """
     path = Path(run_dir) / "hall_of_fame.csv"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no hall_of_fame.csv (not a run directory?)")
+    data = path.read_bytes()
+    if not data.strip():
+        raise StepMLError(f"{path}: empty")
+    if not data.endswith(b"\n"):
+        raise StepMLError(f"{path}: truncated (the last row is not complete); the run was cut while writing, "
+                          "or the file was cut when copied")
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises several types for broken CSVs
         raise StepMLError(f"{path}: cannot read ({exc})") from None
     missing = [c for c in ("Complexity", "Loss", "Equation") if c not in table.columns]
     if missing:
         raise StepMLError(f"{path}: missing column(s) {', '.join(missing)}")
-    return table
+    if table.empty:
+        raise StepMLError(f"{path}: no rows")
+    short = _short_rows(data.decode("utf-8", errors="replace"), len(table.columns))
+    if short == 0:
+        raise StepMLError(f"{path}: not a well-formed CSV file (a line break inside an unquoted cell)")
+    if short is not None:
+        raise StepMLError(f"{path}: row {short} has fewer cells than the header (cut or edited)")
+    out = table.copy()
+    complexity = pd.to_numeric(table["Complexity"], errors="coerce")
+    bad = complexity.isna() | (complexity < 0) | (complexity != complexity.round())
+    if bad.any():
+        raise StepMLError(f"{path}: Complexity of row {int(np.flatnonzero(bad)[0]) + 1} is "
+                          f"{table['Complexity'].iloc[int(np.flatnonzero(bad)[0])]!r}, not a whole number >= 0")
+    out["Complexity"] = complexity.astype("int64")
+    for column in ("Loss",) + tuple(c for c in ("score", "val_mape", "test_mape", "mspe") if c in table.columns):
+        text = table[column].str.strip()
+        values = pd.to_numeric(text.replace({"": "nan"}), errors="coerce")
+        bad = values.isna() & ~text.str.lower().isin(["", "nan"])
+        if column == "Loss":
+            bad |= text == ""
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise StepMLError(f"{path}: {column} of row {first + 1} is {table[column].iloc[first]!r}, not a number")
+        out[column] = values.astype(float)
+    if "n_constants" in table.columns:
+        out["n_constants"] = pd.to_numeric(table["n_constants"], errors="coerce")
+    empty = table["Equation"].str.strip() == ""
+    if empty.any() and ("sympy" not in table.columns or (table.loc[empty, "sympy"].str.strip() == "").any()):
+        raise StepMLError(f"{path}: row {int(np.flatnonzero(empty)[0]) + 1} has no Equation")
+    if "front" in table.columns:
+        flags = table["front"].str.strip().str.lower()
+        if not flags.isin(["true", "false", "1", "0", "1.0", "0.0"]).all():
+            first = int(np.flatnonzero(~flags.isin(["true", "false", "1", "0", "1.0", "0.0"]))[0])
+            raise StepMLError(f"{path}: front of row {first + 1} is {table['front'].iloc[first]!r}, not true/false")
+        out["front"] = flags.isin(["true", "1", "1.0"])
+    return out
+
+
+def _short_rows(text: str, width: int) -> int | None:
+    """The 1-based data row with fewer cells than the header, if any (quoted cells may span lines)."""
+    import csv
+    import io
+
+    try:
+        for number, cells in enumerate(csv.reader(io.StringIO(text, newline="")), start=0):
+            if number and len(cells) < width:
+                return number
+    except csv.Error:
+        return 0
+    return None
 
 
 def expr_of(row: pd.Series) -> sympy.Expr:
@@ -116,7 +178,10 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no run.json (not a run directory?)")
-    return read_json(path, "run.json")
+    info = read_json(path, "run.json")
+    if not isinstance(info, dict):
+        raise StepMLError(f"{path}: run.json must be a JSON object, got {type(info).__name__}")
+    return info
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:

@@ -5,9 +5,20 @@
   current model), least squares over all training rows; ``blackbox-per-exp``
   fits one per experiment.
 - ``roofline``: analytical, no fitting: ``max(compute, memory) + all-reduce``
-  from the roofline basis terms; ``roofline-cal`` fits a scale and intercept.
+  from the roofline basis terms; ``roofline-cal`` fits a scale and intercept
+  on relative error (least squares weighted by ``1/y²``), the error every
+  leaderboard reports.
 - ``gbt``: scikit-learn HistGradientBoosting on all non-leaky features (log
   target): the black-box accuracy reference.
+- ``xgboost``: XGBoost's gradient-boosted trees on the same features and
+  target (the seed plan's reference model).
+
+The tree models run on :data:`THREADS` BLAS/OpenMP threads (threadpoolctl;
+XGBoost's ``n_jobs``): their results do not depend on the thread count, and
+on a busy machine one thread is many times faster than oversubscribing the
+cores. Their smallest leaf shrinks with the training set (``min(20, n // 10)``
+rows, at least 1), so they also split a 23-row kernel table; from 200 rows on
+it is scikit-learn's default of 20.
 
 Each baseline is a scikit-learn-style estimator: ``__init__`` stores
 parameters, ``fit(frame, y, sample_weight=None)`` returns ``self``, fitted
@@ -15,7 +26,8 @@ attributes end in ``_``, and ``predict(columns)`` works on a DataFrame or on a
 dict of one simulated step's columns.
 
 CLI: ``python -m evaluation.baselines [--data PATH] [--target cycle|duration|COLUMN]
-[--split temporal|lomo|lowo|logo:COLUMN] [--json] [--out DIR]``.
+[--split temporal|random|kfold[:K]|lomo|lowo|logo:COLUMN] [--json] [--out DIR]``; baselines that
+cannot run on the data are listed with the reason.
 """
 from __future__ import annotations
 
@@ -36,6 +48,21 @@ BLACKBOX_FEATURES = ("prefill_tokens", "decode_tokens")
 ROOFLINE_COMPUTE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute")
 ROOFLINE_MEMORY = ("rl_weight_load", "rl_kv_read")
 ROOFLINE_COMM = ("rl_allreduce",)
+#: BLAS/OpenMP threads of the tree baselines (see the module docstring).
+THREADS = 1
+MAX_MIN_SAMPLES_LEAF = 20
+
+
+def _min_samples_leaf(n: int) -> int:
+    """scikit-learn's default leaf of 20 rows from 200 training rows on, ``n // 10`` (≥ 1) below."""
+    return max(1, min(MAX_MIN_SAMPLES_LEAF, n // 10))
+
+
+def _thread_limit(threads: int):
+    """A context capping BLAS and OpenMP threads of the libraries loaded so far (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads)
 
 
 class NaiveMean:
@@ -129,13 +156,25 @@ def roofline_time(columns: Mapping[str, object]) -> np.ndarray:
         values = catalog.compute_features(columns, used)
         parts[label] = sum(values.values()) if used else 0.0
     if not any(n in have for n in ROOFLINE_COMPUTE + ROOFLINE_MEMORY):
-        raise StepMLError("roofline baseline needs architecture and hardware metadata (arch.*, hw.* columns)")
+        lacking = {n: [c for c in catalog.get_feature(n).inputs if c not in columns.keys()]
+                   for n in ROOFLINE_COMPUTE + ROOFLINE_MEMORY}
+        nearest = min(lacking, key=lambda n: (len(lacking[n]), n))
+        hint = (" (no hardware datasheet: set hardware in the column map, or give a hardware column)"
+                if any(c.startswith("hw.") for c in lacking[nearest]) else "")
+        raise StepMLError("roofline baseline needs architecture and hardware metadata (arch.*, hw.* columns): "
+                          f"no roofline term can be computed; the nearest, {nearest}, lacks "
+                          f"{', '.join(lacking[nearest])}{hint}")
     out = np.maximum(parts["compute"], parts["memory"]) + parts["comm"]
     return np.broadcast_to(np.asarray(out, dtype=float), (n_rows(columns),)).astype(float)
 
 
 class Roofline:
-    """Analytical roofline; ``calibrated=True`` fits ``a·roofline + b``."""
+    """Analytical roofline; ``calibrated=True`` fits ``a·roofline + b`` on relative error.
+
+    The calibration minimises ``Σ w·((a·r + b − y)/y)²``: least squares on the
+    relative error the leaderboard reports, so tables whose targets span
+    orders of magnitude are not fitted to their largest rows only.
+    """
 
     def __init__(self, calibrated: bool = False) -> None:
         self.calibrated = calibrated
@@ -146,7 +185,7 @@ class Roofline:
         r = roofline_time(frame)  # fails here (not at predict time) when the data lacks arch/hw columns
         if self.calibrated:
             X = np.column_stack([r, np.ones(len(r))])
-            w = np.ones(len(y)) if sample_weight is None else sample_weight
+            w = (np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)) / np.square(y)
             coef, *_ = np.linalg.lstsq(X * np.sqrt(w)[:, None], y * np.sqrt(w), rcond=None)
             self.scale_, self.intercept_ = float(coef[0]), float(coef[1])
         return self
@@ -156,26 +195,74 @@ class Roofline:
 
 
 class GradientBoosted:
-    """HistGradientBoosting on every non-leaky feature, fitted on log(target)."""
+    """HistGradientBoosting on every non-leaky feature, fitted on log(target), on ``threads`` threads."""
 
     name = "gbt"
 
-    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, random_state: int = 0) -> None:
+    def __init__(self, max_iter: int = 300, learning_rate: float = 0.05, random_state: int = 0,
+                 threads: int = THREADS) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.random_state = random_state
+        self.threads = threads
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "GradientBoosted":
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        self.features_ = tuple(f.name for f in catalog.available_features(frame.columns))
+        self.features_ = _tree_features(frame)
         self.model_ = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                                    min_samples_leaf=_min_samples_leaf(len(y)),
                                                     random_state=self.random_state)
-        self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
+        with _thread_limit(self.threads):
+            self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
         return self
 
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        return np.exp(self.model_.predict(feature_matrix(columns, self.features_)))
+        with _thread_limit(self.threads):
+            return np.exp(self.model_.predict(feature_matrix(columns, self.features_)))
+
+
+class XGBoost:
+    """XGBoost gradient-boosted trees on every non-leaky feature, fitted on log(target).
+
+    Same features, target transform and size as :class:`GradientBoosted`
+    (300 trees, learning rate 0.05, histogram method), ``n_jobs=threads``
+    and a fixed ``random_state``: the same data give the same predictions.
+    """
+
+    name = "xgboost"
+
+    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, max_depth: int = 6,
+                 random_state: int = 0, threads: int = THREADS) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.random_state = random_state
+        self.threads = threads
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "XGBoost":
+        try:
+            from xgboost import XGBRegressor
+        except ImportError:
+            raise StepMLError("xgboost is not installed (pip install xgboost)") from None
+        self.features_ = _tree_features(frame)
+        self.model_ = XGBRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
+                                   max_depth=self.max_depth, tree_method="hist", n_jobs=self.threads,
+                                   random_state=self.random_state)
+        with _thread_limit(self.threads):
+            self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        with _thread_limit(self.threads):
+            return np.exp(self.model_.predict(feature_matrix(columns, self.features_)).astype(float))
+
+
+def _tree_features(frame: pd.DataFrame) -> tuple[str, ...]:
+    features = tuple(f.name for f in catalog.available_features(frame.columns))
+    if not features:
+        raise StepMLError("the data has no feature columns (batch.*, kv.*, arch.*) to grow trees on")
+    return features
 
 
 #: CLI name → factory of an unfitted baseline.
@@ -186,6 +273,7 @@ BASELINES: Mapping[str, Callable[[], Any]] = MappingProxyType({
     "roofline": lambda: Roofline(False),
     "roofline-cal": lambda: Roofline(True),
     "gbt": GradientBoosted,
+    "xgboost": XGBoost,
 })
 
 
@@ -225,7 +313,7 @@ def leaderboard(dataset: Any, spec: str = "temporal", names: Sequence[str] | Non
         for name in names or list(BASELINES):
             try:
                 model = fit_baseline(name, dataset, split.train)
-            except StepMLError as exc:
+            except (StepMLError, ValueError, np.linalg.LinAlgError) as exc:  # the data cannot support it
                 if not any(n.startswith(name + ":") for n in notes):
                     notes.append(f"{name}: skipped ({exc})")
                 continue
@@ -284,12 +372,13 @@ def to_markdown(rows: list[dict[str, Any]], title: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m evaluation.baselines``."""
     from features.describe import add_data_arguments, dataset_from_args
-    from features.io import atomic_write_frame, atomic_write_text
+    from features.io import atomic_write_frame, atomic_write_text, check_writable_dir
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.baselines",
                                      description="Fit every baseline on the training part and print a test leaderboard.")
     add_data_arguments(parser)
-    parser.add_argument("--split", default="temporal", help="temporal (default), lomo, lowo or logo:COLUMN")
+    parser.add_argument("--split", default="temporal",
+                        help="temporal (default), random, kfold[:K], lomo, lowo or logo:COLUMN")
     parser.add_argument("--baselines", default=None, help=f"comma-separated subset of: {', '.join(BASELINES)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -298,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = args.baselines.split(",") if args.baselines else None
     for n in names or ():
         make_baseline(n)
+    if args.seed < 0:
+        raise StepMLError(f"--seed must be >= 0, got {args.seed}")
+    if args.out:
+        check_writable_dir(args.out, "--out")
     dataset = dataset_from_args(args)
     rows, notes = leaderboard(dataset, args.split, names, seed=args.seed)
     if not rows:

@@ -22,9 +22,11 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         prog: str | None = None) -> NoReturn:
     """Run ``main(argv)`` and exit with its status.
 
-    :class:`StepMLError`, a missing file, and bad values are printed as a single line
-    ``<prog>: error: <message>`` on stderr with exit status 2. ``KeyboardInterrupt``
-    exits with 130 without a traceback.
+    :class:`StepMLError`, a missing file, and a file or folder that cannot be
+    written or read (permissions, an existing file where a folder is needed, a
+    full disk) are printed as a single line ``<prog>: error: <message>`` on
+    stderr with exit status 2. ``KeyboardInterrupt`` exits with 130 without a
+    traceback.
     """
     name = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "stepml")
     try:
@@ -41,10 +43,20 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
+    except OSError as exc:  # permission denied, not a directory, read-only or full file system
+        _one_line(name, os_error_message(exc))
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(int(status or 0))
+
+
+def os_error_message(exc: OSError) -> str:
+    """``<reason>: <file>`` for an :class:`OSError` (``Permission denied: results/x``)."""
+    reason = exc.strerror or type(exc).__name__
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    return f"cannot access {where}: {reason}" if where else f"{reason} ({exc})"
 
 
 def _one_line(prog: str, message: str) -> None:

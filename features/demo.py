@@ -192,12 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the demo data for inspection: ``python -m features.demo --out DIR``."""
     from pathlib import Path
 
-    from features.io import atomic_write_frame
+    from features.errors import StepMLError
+    from features.io import atomic_write_frame, check_writable_dir
 
     parser = argparse.ArgumentParser(prog="python -m features.demo", description="Write the SYNTHETIC demo step table.")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        raise StepMLError(f"--seed must be >= 0, got {args.seed}")
+    check_writable_dir(args.out, "--out")
     path = atomic_write_frame(Path(args.out) / "demo_steps_synthetic.parquet", demo_steps(args.seed))
     print(f"wrote {path} (SYNTHETIC demo data, seed {args.seed})")
     return 0

@@ -25,13 +25,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DataAction(argparse.Action):
+    """``--data`` may be repeated: one value stays as given; several become one string of absolute
+    paths joined by :data:`os.pathsep` (what :func:`features.dataset.data_entries` splits), so every
+    command, and ``run.json``, handles a single string."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import os
+
+        if not str(values).strip():
+            parser.error("--data: empty path")
+        previous = getattr(namespace, self.dest, None)
+        if previous is None:
+            setattr(namespace, self.dest, values)
+            return
+        parts = previous.split(os.pathsep) if getattr(namespace, "_data_joined", False) else [previous]
+        parts = [os.path.abspath(p) for p in parts + [values]]
+        setattr(namespace, "_data_joined", True)
+        setattr(namespace, self.dest, os.pathsep.join(dict.fromkeys(parts)))
+
+
+def _colmap_arg(value: str) -> str:
+    """A shipped map's name as given; a ``.toml`` file as an absolute path (``run.json`` keeps it usable
+    from any folder)."""
+    from pathlib import Path
+
+    path = Path(value)
+    return str(path.resolve()) if path.suffix == ".toml" and path.is_file() else value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data options shared by every CLI (``--data``, ``--target``, ``--colmap``, ...)."""
-    parser.add_argument("--data", default=None,
-                        help="traces folder, OTLP .json[.gz], step table (.parquet/.csv) or mapped table; "
-                             "default: the bundled synthetic demo data")
-    parser.add_argument("--target", default=None, help="cycle (default for steps), duration, or a column name")
-    parser.add_argument("--colmap", default=None, help="column map for other tables: a shipped name or a .toml path")
+    parser.add_argument("--data", default=None, action=_DataAction,
+                        help="traces folder, OTLP .json[.gz], step table (.parquet/.csv/.tsv), mapped table, a "
+                             "folder or glob of tables; repeat for several; default: the bundled synthetic demo data")
+    parser.add_argument("--target", default=None,
+                        help="cycle (default for steps), duration, or any numeric column (mapped or raw)")
+    parser.add_argument("--colmap", default=None, type=_colmap_arg,
+                        help="column map for other tables: a shipped name or a .toml path")
     parser.add_argument("--max-gap", type=int, default=10, help="largest step-id gap for the cycle target (default 10)")
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSON lines")
     parser.add_argument("--experiments", default=None, help="comma-separated experiment ids to keep (default: all)")

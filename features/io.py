@@ -1,9 +1,14 @@
-"""Atomic file writing: a reader never sees a half-written results file."""
+"""Atomic file writing: a reader never sees a half-written results file.
+
+Files are created with the usual permissions (``0666`` minus the umask, so
+``0644`` under the common umask ``022``): results and exports are meant to be
+read by others.
+"""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    # O_EXCL: never follow or reuse somebody's file; mode 0666 & ~umask, as open() would give.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -26,6 +33,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return target
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``path`` if it is (or can be created as) a folder this process may write into.
+
+    Call it before long work whose results go to ``path``, so a read-only or
+    wrong ``--out`` fails at once with one line instead of after the work.
+
+    Raises
+    ------
+    StepMLError
+        When ``path`` is an existing file, or it (or its nearest existing
+        parent, when it does not exist yet) is not a writable folder.
+    """
+    from features.errors import StepMLError
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise StepMLError(f"{what} {folder} is an existing file, not a folder")
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise StepMLError(f"{what} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == folder else f" ({probe} is not writable)"
+        raise StepMLError(f"{what} {folder} is not writable{where}")
+    return folder
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

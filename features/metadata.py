@@ -9,6 +9,7 @@ datasheet JSON files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -163,25 +164,160 @@ class Hardware:
 
 
 def load_hardware(path: str | Path) -> Hardware:
-    """Read a datasheet JSON. A tensor figure marked ``with_sparsity`` is halved to dense."""
+    """Read a datasheet JSON (see ``features/hardware/`` for the layout).
+
+    A tensor figure marked ``with_sparsity`` is halved to dense. The
+    interconnect is NVLink (``interconnect.nvlink_bandwidth_gb_s``); a part
+    without NVLink (``null`` or absent) uses ``pcie_bandwidth_gb_s``. Every
+    figure must be a positive number.
+    """
     path = Path(path)
     if not path.is_file():
         raise StepMLError(f"hardware datasheet not found: {path}")
     try:
-        sheet = json.loads(path.read_text())
+        sheet = json.loads(path.read_text(encoding="utf-8"))
         compute = sheet["compute"]
-        tflops = float(compute["bf16_tensor_core"])
-        if compute.get("with_sparsity", False):
+        tflops = _positive(compute["bf16_tensor_core"], "compute.bf16_tensor_core")
+        sparse = compute.get("with_sparsity", False)
+        if not isinstance(sparse, bool):
+            raise ValueError(f"compute.with_sparsity must be true or false, got {sparse!r}")
+        if sparse:
             tflops /= 2.0
+        link = sheet["interconnect"]
+        nvlink = link.get("nvlink_bandwidth_gb_s")
+        if nvlink is None:
+            nvlink = link["pcie_bandwidth_gb_s"]
         return Hardware(
             name=str(sheet.get("name", path.stem)),
-            dense_bf16_flops=tflops * 1e12,
-            hbm_bytes_per_s=float(sheet["memory"]["bandwidth_tb_s"]) * 1e12,
-            interconnect_bytes_per_s=float(sheet["interconnect"]["nvlink_bandwidth_gb_s"]) * 1e9,
-            memory_bytes=float(sheet["memory"]["capacity_gb"]) * 1e9,
+            dense_bf16_flops=_scaled(tflops, 12),
+            hbm_bytes_per_s=_scaled(_positive(sheet["memory"]["bandwidth_tb_s"], "memory.bandwidth_tb_s"), 12),
+            interconnect_bytes_per_s=_scaled(_positive(nvlink, "interconnect bandwidth"), 9),
+            memory_bytes=_scaled(_positive(sheet["memory"]["capacity_gb"], "memory.capacity_gb"), 9),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except KeyError as exc:
+        raise StepMLError(f"{path}: not a hardware datasheet (no {exc})") from None
+    except (TypeError, ValueError, AttributeError, UnicodeDecodeError) as exc:
         raise StepMLError(f"{path}: not a hardware datasheet ({exc})") from None
+
+
+def _scaled(value: float, power: int) -> float:
+    """``value × 10**power`` rounded once, as the decimal figure reads (2.039 TB/s → 2039e9 B/s exactly)."""
+    from decimal import Decimal
+
+    return float(Decimal(repr(value)).scaleb(power))
+
+
+def _positive(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+#: Datasheets shipped with the project (vendor figures, with their sources inside each file).
+HARDWARE_DIR = Path(__file__).resolve().parent / "hardware"
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(t for t in re.split(r"[^a-z0-9]+", text.lower()) if t)
+
+
+def _sheet_names(path: Path) -> tuple[tuple[str, ...], str]:
+    """(the names a datasheet answers to, as token tuples; its family) -- the stem always."""
+    names = [path.stem]
+    family = ""
+    try:
+        sheet = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(sheet, dict):
+            names += [a for a in sheet.get("aliases", []) if isinstance(a, str)]
+            family = str(sheet.get("family", "")) if isinstance(sheet.get("family"), str) else ""
+    except (OSError, ValueError):
+        pass
+    return tuple(_tokens(n) for n in names if _tokens(n)), family.lower()
+
+
+def hardware_sheets(roots: list[Path] | None = None) -> dict[str, Path]:
+    """Datasheet name (file stem) → path: the data's ``hardware/`` folders first, then the shipped ones."""
+    folders = []
+    for root in roots or []:
+        for name in ("hardware", "blis/hardware"):
+            if (root / name).is_dir():
+                folders.append(root / name)
+    folders.append(HARDWARE_DIR)
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for file in sorted(folder.glob("*.json")):
+            found.setdefault(file.stem, file)
+    return found
+
+
+def _names_of(sheets: dict[str, Path]) -> dict[str, tuple[tuple[tuple[str, ...], ...], str]]:
+    """Each sheet's names and family; a data sheet also answers to the shipped sheet's aliases of its stem."""
+    out = {}
+    for stem, path in sheets.items():
+        names, family = _sheet_names(path)
+        shipped = HARDWARE_DIR / f"{stem}.json"
+        if shipped != path and shipped.is_file():
+            more, fam = _sheet_names(shipped)
+            names, family = names + more, family or fam
+        out[stem] = (names, family)
+    return out
+
+
+def find_hardware(name: str, roots: list[Path] | None = None) -> Path:
+    """The datasheet for a hardware name: a file stem (``a100-sxm-80gb``), an alias (``h100``) or a path.
+
+    Matching ignores case and punctuation (``H100_SXM`` = ``h100-sxm``).
+
+    Raises
+    ------
+    StepMLError
+        For an unknown or ambiguous name, listing the known datasheets.
+    """
+    text = str(name).strip()
+    if text.endswith(".json") and Path(text).is_file():
+        return Path(text)
+    sheets = hardware_sheets(roots)
+    names = _names_of(sheets)
+    wanted = _tokens(text)
+    hits = [stem for stem, (aliases, _) in names.items() if wanted and wanted in aliases]
+    if len(hits) == 1:
+        return sheets[hits[0]]
+    if not hits:
+        family = [stem for stem, (_, fam) in names.items() if wanted and (fam,) == wanted]
+        detail = (f"'{name}' names several datasheets ({', '.join(family)}); name one"
+                  if family else f"no hardware datasheet named '{name}'")
+        raise StepMLError(f"{detail}; known: {', '.join(sorted(sheets))} (or a datasheet .json path)")
+    return sheets[hits[0]]
+
+
+def hardware_in_path(path: str | Path, roots: list[Path] | None = None) -> tuple[str | None, list[str]]:
+    """The datasheet a file path names, if any: ``(stem, [])``, ``(None, [candidates])`` when ambiguous.
+
+    The folder or file names are searched, nearest the file first, for a
+    datasheet's name or alias as whole tokens (``aiconfigurator_h100_vllm0.24``
+    names ``h100`` = ``h100-sxm``); a bare family name (``a100``) that fits several
+    datasheets gives the candidates.
+    """
+    names = _names_of(hardware_sheets(roots))
+    for part in reversed(Path(path).parts):
+        tokens = _tokens(part)
+
+        def within(alias: tuple[str, ...]) -> bool:
+            return any(tokens[i:i + len(alias)] == alias for i in range(len(tokens) - len(alias) + 1))
+
+        best: dict[str, int] = {}
+        for stem, (aliases, _) in names.items():
+            lengths = [len(a) for a in aliases if within(a)]
+            if lengths:
+                best[stem] = max(lengths)
+        if best:
+            top = max(best.values())
+            winners = sorted(s for s, n in best.items() if n == top)
+            return (winners[0], []) if len(winners) == 1 else (None, winners)
+        family = sorted(stem for stem, (_, fam) in names.items() if fam and within((fam,)))
+        if family:
+            return (family[0], []) if len(family) == 1 else (None, family)
+    return None, []
 
 
 @dataclass(frozen=True)
@@ -296,8 +432,15 @@ def _first_dir(roots: list[Path], *names: str) -> Path | None:
 
 def experiment_meta(experiment_id: str, roots: list[Path], model: str | None = None,
                     workload: str | None = None, tp: int | None = None,
-                    hardware: str = DEFAULT_HARDWARE) -> ExperimentMeta:
-    """Collect an experiment's metadata from its name and whatever files the roots hold."""
+                    hardware: str | None = None) -> ExperimentMeta:
+    """Collect an experiment's metadata from its name and whatever files the roots hold.
+
+    ``hardware`` names the datasheet (a ``hardware`` column of the data): it is
+    looked up in the data's ``hardware/`` folders, then among the shipped
+    datasheets, and an unknown name is an error. Without it the experiment is
+    taken to run on :data:`DEFAULT_HARDWARE` when the data's folders hold that
+    datasheet, as the BLIS data does; otherwise no ``hw.*`` columns are joined.
+    """
     parsed = parse_experiment_name(experiment_id)
     model = model or (parsed.model if parsed else experiment_id)
     workload = workload or (parsed.workload if parsed else "")
@@ -314,10 +457,13 @@ def experiment_meta(experiment_id: str, roots: list[Path], model: str | None = N
             folder = find_model_config(model, configs_dir)
         if folder is not None:
             arch = load_model_config(folder)
-    hw_dir = _first_dir(roots, "hardware", "blis/hardware")
     hw = None
-    if hw_dir is not None and (hw_dir / f"{hardware}.json").is_file():
-        hw = load_hardware(hw_dir / f"{hardware}.json")
+    if hardware is not None:
+        hw = load_hardware(find_hardware(hardware, roots))
+    else:
+        hw_dir = _first_dir(roots, "hardware", "blis/hardware")
+        if hw_dir is not None and (hw_dir / f"{DEFAULT_HARDWARE}.json").is_file():
+            hw = load_hardware(hw_dir / f"{DEFAULT_HARDWARE}.json")
     return ExperimentMeta(experiment_id, model, workload, tp, directory, server, arch, hw)
 
 

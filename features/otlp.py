@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,24 +56,76 @@ class ReadStats:
     skipped: int
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+
+
 def attribute_value(value: dict[str, Any]) -> Any:
-    """Decode one OTLP ``AnyValue`` (``intValue`` may be a string)."""
+    """Decode one OTLP ``AnyValue`` (``intValue`` may be a string).
+
+    Values are checked, never coerced silently: an ``intValue`` must be an
+    integer within int64 (``"29"``, ``29``; not ``1.5``, ``true`` or
+    ``1e30``), a ``doubleValue`` a number, a ``boolValue`` a JSON boolean.
+    Anything else raises :class:`ValueError` naming the value.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"value {value!r} is not an OTLP AnyValue object")
     if "intValue" in value:
-        return int(value["intValue"])
+        return _int64(value["intValue"])
     if "doubleValue" in value:
-        return float(value["doubleValue"])
+        raw = value["doubleValue"]
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError(f"doubleValue {raw!r} is not a number")
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"doubleValue {raw!r} is not a number") from None
     if "stringValue" in value:
         return value["stringValue"]
     if "boolValue" in value:
-        return bool(value["boolValue"])
+        if not isinstance(value["boolValue"], bool):
+            raise ValueError(f"boolValue {value['boolValue']!r} is not true or false")
+        return value["boolValue"]
     if "arrayValue" in value:
-        return [attribute_value(v) for v in value["arrayValue"].get("values", [])]
+        items = value["arrayValue"].get("values", []) if isinstance(value["arrayValue"], dict) else None
+        if not isinstance(items, list):
+            raise ValueError("arrayValue has no 'values' list")
+        return [attribute_value(v) for v in items]
     return None
+
+
+def _int64(raw: Any) -> int:
+    """An OTLP ``intValue`` (a JSON integer or a decimal string) checked to be an int64."""
+    kind = type(raw)
+    if kind is str and raw.isascii() and raw.isdigit():  # the common case, fast: "29"
+        value = int(raw)
+    elif kind is int:
+        value = raw
+    elif isinstance(raw, bool):
+        raise ValueError(f"intValue {raw!r} is a boolean, not an integer")
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
+        value = int(raw)
+    else:
+        raise ValueError(f"intValue {raw!r} is not an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"intValue {value} is outside the int64 range")
+    return value
 
 
 def attributes_dict(attributes: list[dict[str, Any]] | None) -> dict[str, Any]:
     """Turn an OTLP ``attributes`` list into a plain dict."""
-    return {a["key"]: attribute_value(a.get("value", {})) for a in attributes or ()}
+    out = {}
+    for a in attributes or ():
+        key = a["key"]
+        if not isinstance(key, str):
+            raise ValueError(f"attribute key {key!r} is not a string")
+        try:
+            out[key] = attribute_value(a.get("value", {}))
+        except ValueError as exc:
+            raise ValueError(f"'{key}': {exc}") from None
+    return out
 
 
 def _open_binary(path: Path):
@@ -236,5 +289,23 @@ def read_request_spans(path: str | Path, skip_bad_lines: bool = False,
     frame = frame[cols].sort_values("arrival_s", kind="stable").reset_index(drop=True)
     for col in ("prompt_tokens", "completion_tokens", "max_tokens"):
         if col in frame.columns:
-            frame[col] = pd.to_numeric(frame[col]).astype("int64")
+            frame[col] = _token_counts(frame[col], col, path)
     return frame
+
+
+def _token_counts(column: pd.Series, name: str, path: str | Path) -> pd.Series:
+    """Token counts as int64: whole numbers >= 0 (never text, booleans or fractions, which would be cut)."""
+    flags = column.map(lambda v: isinstance(v, bool)).to_numpy(dtype=bool)
+    values = pd.to_numeric(column.where(~flags), errors="coerce").to_numpy(dtype=float)
+    bad = flags | ~np.isfinite(values) | (values < 0) | (values != np.floor(values)) | (np.abs(values) >= 2.0 ** 63)
+    bad &= column.notna().to_numpy() | flags
+    missing = column.isna().to_numpy()
+    if name == "max_tokens" and missing.any() and not bad.any():  # optional: spans without it stay NaN
+        return pd.Series(values, index=column.index)
+    if bad.any() or missing.any():
+        first = int(np.flatnonzero(bad | missing)[0])
+        value = column.iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise StepMLError(f"{path}: llm_request span #{first + 1} has {name} {value!r}, not a whole "
+                          f"number of tokens >= 0 ({int((bad | missing).sum())} such span(s))")
+    return pd.Series(values.astype("int64"), index=column.index)

@@ -122,11 +122,24 @@ def canonical_dtypes() -> dict[str, str]:
     return out
 
 
+#: Step columns that count something: never negative.
+NON_NEGATIVE_COLUMNS: tuple[str, ...] = tuple(
+    c for c in list(BATCH_SUMMARY_COLUMNS) + list(EXTRA_STEP_COLUMNS)
+    if c.startswith(("queue.", "batch.", "kv.")))
+
+#: Columns holding a fraction in [0, 1].
+RATIO_COLUMNS: tuple[str, ...] = ("kv.usage_gpu_ratio",)
+
+_INT64_LIMIT = 2.0 ** 63
+
+
 def coerce_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """Cast known columns to their canonical dtypes; name the first bad column in an error.
 
-    Integers become ``int64`` (the column must have no missing values),
-    floats ``float64``, strings ``object``. Unknown columns are kept as they are.
+    Integers become ``int64`` (the column must have no missing values, no
+    fractions, no booleans and fit in int64), floats ``float64`` (no
+    booleans), strings ``object`` (no missing values in group columns).
+    Unknown columns are kept as they are.
     """
     kinds = canonical_dtypes()
     out = frame.copy()
@@ -138,26 +151,78 @@ def coerce_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
             continue
         column = out[name]
         try:
+            if kind in ("int", "float"):
+                _refuse_booleans(column, name, source)
             if kind == "int":
                 numeric = pd.to_numeric(column, errors="raise")
                 if numeric.isna().any():
                     raise StepMLError(
                         f"{source}: column '{name}' has {int(numeric.isna().sum())} missing values")
-                if numeric.dtype.kind == "f":
+                if numeric.dtype.kind in "fO":
                     values = numeric.to_numpy(dtype=float)
                     fractional = ~np.isfinite(values) | (values != np.floor(values))
                     if fractional.any():
                         first = int(np.flatnonzero(fractional)[0])
                         raise StepMLError(f"{source}: column '{name}' must hold integers; "
                                           f"row {first} has {float(values[first])!r}")
+                    huge = np.abs(values) >= _INT64_LIMIT
+                    if huge.any():
+                        first = int(np.flatnonzero(huge)[0])
+                        raise StepMLError(f"{source}: column '{name}' row {first} has {float(values[first])!r}, "
+                                          "beyond the int64 range")
                 out[name] = numeric.astype("int64")
             elif kind == "float":
                 out[name] = pd.to_numeric(column, errors="raise").astype("float64")
             else:
+                missing = column.isna().to_numpy()
+                if missing.any():
+                    raise StepMLError(f"{source}: column '{name}' has {int(missing.sum())} missing values "
+                                      f"(first at row {int(np.flatnonzero(missing)[0])})")
                 out[name] = column.astype(str)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise StepMLError(f"{source}: column '{name}' is not {kind}: {exc}") from None
     return out
+
+
+def _refuse_booleans(column: pd.Series, name: str, source: str) -> None:
+    """Booleans are not counts: ``true`` in a token column is an error, not 1."""
+    if column.dtype == bool or str(column.dtype) == "boolean":
+        raise StepMLError(f"{source}: column '{name}' holds booleans, not numbers")
+    if column.dtype == object:
+        flags = column.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool)
+        if flags.any():
+            first = int(np.flatnonzero(flags)[0])
+            raise StepMLError(f"{source}: column '{name}' row {first} holds the boolean "
+                              f"{column.iloc[first]!r}, not a number")
+
+
+def check_values(frame: pd.DataFrame, source: str) -> None:
+    """Refuse values no server produces: negative counts, KV ratios outside [0, 1], non-finite numbers.
+
+    Step columns (``queue.*``, ``batch.*``, ``kv.*``) must be finite;
+    ``arch.*``/``hw.*`` may be missing (NaN) but not infinite or negative.
+
+    Raises
+    ------
+    StepMLError
+        Naming the column, the number of bad rows and the first one.
+    """
+    for name in frame.columns:
+        if not (name in NON_NEGATIVE_COLUMNS or name.startswith(("arch.", "hw."))):
+            continue
+        values = frame[name].to_numpy(dtype=float)
+        # arch.*/hw.* may be missing (NaN) where metadata is unknown, never infinite
+        bad = np.isinf(values) if name.startswith(("arch.", "hw.")) else ~np.isfinite(values)
+        what = "non-finite"
+        if not bad.any():
+            if name in RATIO_COLUMNS:
+                bad, what = (values < 0) | (values > 1), "outside [0, 1]"
+            else:
+                bad, what = values < 0, "negative"
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise StepMLError(f"{source}: column '{name}' has {int(bad.sum())} {what} value(s), "
+                              f"first {float(values[first])!r} at row {first}")
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...] | list[str], source: str) -> None:

@@ -4,15 +4,25 @@ Specs (the ``--split`` values):
 
 ``temporal``
     60/20/20 within each experiment by step order: every train step id <
-    every validation id < every test id of that experiment.
+    every validation id < every test id of that experiment. A table without
+    a time column (a column-mapped kernel table) is ordered by file row
+    order (files in the order given), so the last 20 % of each experiment's
+    rows are its test part.
+``random``
+    60/20/20 of the rows drawn at random (seeded: the same seed and data give
+    the same split).
+``kfold`` / ``kfold:K``
+    Group-aware K-fold (default K = 5): the experiments (or the values of
+    ``kfold:K:COLUMN``) are dealt into K folds of similar row counts, never
+    split across folds; each fold is the test part once.
 ``lomo`` / ``lowo``
     Leave one model / workload out: one fold per value.
 ``logo:COLUMN``
     Leave one group out on any column (e.g. ``logo:shape`` for MoE shapes).
 
-In a leave-one-out fold the held-out group is the test part; the remaining
-rows are split temporally 75/25 within each experiment into train and
-validation, so selection never sees the held-out group.
+In a leave-one-out or K-fold fold the held-out groups are the test part; the
+remaining rows are split temporally 75/25 within each experiment into train
+and validation, so selection never sees the held-out groups.
 """
 from __future__ import annotations
 
@@ -26,7 +36,9 @@ from features.errors import StepMLError
 
 TEMPORAL = (0.6, 0.2, 0.2)
 FOLD_TRAIN_SHARE = 0.75
+DEFAULT_FOLDS = 5
 NAMED_GROUPS = {"lomo": "model", "lowo": "workload"}
+VALID_SPECS = "temporal, random, kfold[:K[:COLUMN]], lomo, lowo, logo:COLUMN"
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,26 @@ def temporal_split(frame: pd.DataFrame, shares: tuple[float, float, float] = TEM
     return Split("temporal", "", train, val, test, data_hash)
 
 
+def random_split(frame: pd.DataFrame, shares: tuple[float, float, float] = TEMPORAL, seed: int = 0,
+                 data_hash: str = "") -> Split:
+    """60/20/20 of the rows at random, drawn with ``numpy.random.default_rng(seed)``."""
+    n = len(frame)
+    order = np.random.default_rng(seed).permutation(n)
+    cuts = np.floor(np.cumsum(shares)[:-1] * n + 1e-9).astype(int)
+    train, val, test = (np.sort(part) for part in np.split(order, cuts))
+    return Split("random", "", train, val, test, data_hash)
+
+
+def _held_out_fold(frame: pd.DataFrame, held: np.ndarray, spec: str, fold: str, data_hash: str) -> Split:
+    """Held-out rows are the test part; the rest is split 75/25 by step order within each experiment."""
+    rest = frame.loc[~held]
+    positions = np.flatnonzero(~held)
+    train_local, val_local = _cut(_order_within(rest.reset_index(drop=True)),
+                                  (FOLD_TRAIN_SHARE, 1 - FOLD_TRAIN_SHARE))
+    return Split(spec, fold, np.sort(positions[train_local]), np.sort(positions[val_local]),
+                 np.flatnonzero(held), data_hash)
+
+
 def group_folds(frame: pd.DataFrame, column: str, spec: str, data_hash: str = "") -> list[Split]:
     """One fold per value of ``column``: that value is the test part."""
     if column not in frame.columns:
@@ -89,26 +121,66 @@ def group_folds(frame: pd.DataFrame, column: str, spec: str, data_hash: str = ""
     if len(levels) < 2:
         raise StepMLError(f"split '{spec}': column '{column}' has a single value ({levels[0] if levels else '-'}); "
                           "leave-one-out needs at least two")
-    folds = []
-    for level in levels:
-        held = values == level
-        rest = frame.loc[~held]
-        positions = np.flatnonzero(~held)
-        train_local, val_local = _cut(_order_within(rest.reset_index(drop=True)), (FOLD_TRAIN_SHARE, 1 - FOLD_TRAIN_SHARE))
-        folds.append(Split(spec, level, np.sort(positions[train_local]), np.sort(positions[val_local]),
-                           np.flatnonzero(held), data_hash))
-    return folds
+    return [_held_out_fold(frame, values == level, spec, level, data_hash) for level in levels]
 
 
-def make_splits(frame: pd.DataFrame, spec: str = "temporal", data_hash: str = "") -> list[Split]:
-    """All splits for a ``--split`` spec (one for temporal, one per fold otherwise)."""
+def kfold_splits(frame: pd.DataFrame, k: int = DEFAULT_FOLDS, column: str = "experiment_id", spec: str = "kfold",
+                 data_hash: str = "") -> list[Split]:
+    """Group-aware K-fold: whole groups of ``column`` are dealt into ``k`` folds of similar row counts.
+
+    Groups go, largest first (ties by name), to the fold with the fewest rows so
+    far (ties by fold number), as scikit-learn's ``GroupKFold`` does: no random
+    choice, so the folds depend only on the data. Folds are named ``1`` … ``k``.
+    """
+    if k < 2:
+        raise StepMLError(f"split '{spec}': K must be at least 2, got {k}")
+    if column not in frame.columns:
+        raise StepMLError(f"split '{spec}': unknown column '{column}'; valid: {', '.join(map(str, frame.columns))}")
+    values = frame[column].astype(str).to_numpy()
+    sizes = pd.Series(values).value_counts()
+    if len(sizes) < k:
+        raise StepMLError(f"split '{spec}': column '{column}' has {len(sizes)} group(s), fewer than K = {k}; "
+                          f"use kfold:{max(len(sizes), 2)} or --split random")
+    fold_of: dict[str, int] = {}
+    rows = np.zeros(k, dtype=np.int64)
+    for group, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        target = int(np.argmin(rows))
+        fold_of[group] = target
+        rows[target] += size
+    assigned = np.array([fold_of[v] for v in values])
+    return [_held_out_fold(frame, assigned == f, spec, str(f + 1), data_hash) for f in range(k)]
+
+
+def _kfold_spec(spec: str) -> tuple[int, str]:
+    parts = spec.split(":", 2)
+    k = DEFAULT_FOLDS
+    if len(parts) > 1:
+        if not parts[1].isdigit():
+            raise StepMLError(f"split '{spec}': K must be a whole number (kfold:5), got '{parts[1]}'")
+        k = int(parts[1])
+    column = parts[2] if len(parts) > 2 and parts[2] else "experiment_id"
+    return k, column
+
+
+def make_splits(frame: pd.DataFrame, spec: str = "temporal", data_hash: str = "", seed: int = 0) -> list[Split]:
+    """All splits for a ``--split`` spec (one for temporal and random, one per fold otherwise).
+
+    ``seed`` seeds the ``random`` split (the only spec that draws at random).
+    """
+    if not isinstance(spec, str):
+        raise StepMLError(f"unknown split {spec!r}; valid: {VALID_SPECS}")
     if spec == "temporal":
         return [temporal_split(frame, data_hash=data_hash)]
+    if spec == "random":
+        return [random_split(frame, seed=seed, data_hash=data_hash)]
+    if spec == "kfold" or spec.startswith("kfold:"):
+        k, column = _kfold_spec(spec)
+        return kfold_splits(frame, k, column, spec, data_hash)
     if spec in NAMED_GROUPS:
         return group_folds(frame, NAMED_GROUPS[spec], spec, data_hash)
     if spec.startswith("logo:") and len(spec) > 5:
         return group_folds(frame, spec[5:], spec, data_hash)
-    raise StepMLError(f"unknown split '{spec}'; valid: temporal, lomo, lowo, logo:COLUMN")
+    raise StepMLError(f"unknown split '{spec}'; valid: {VALID_SPECS}")
 
 
 _META_KEY = "__meta__"

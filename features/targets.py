@@ -59,13 +59,30 @@ def add_targets(steps: pd.DataFrame, max_gap: int = DEFAULT_MAX_GAP, source: str
     return frame
 
 
-def target_column(name: str, columns: list[str] | pd.Index) -> str:
-    """Resolve ``cycle``/``duration``/a column name to a column of the table."""
+def target_column(name: str, columns: list[str] | pd.Index, mapped: bool = False) -> str:
+    """Resolve ``cycle``/``duration``/a column name to a numeric column of the table.
+
+    ``columns`` are the table's numeric columns. The error lists only the
+    targets this table has: ``cycle`` and ``duration`` where their columns
+    exist (never for a column-mapped table, which has no step timestamps).
+    """
     column = TARGET_ALIASES.get(name, name)
-    if column not in columns:
-        valid = sorted(set(TARGET_ALIASES) | {c for c in columns if c.startswith("target.")})
-        raise StepMLError(f"unknown target '{name}'; valid: {', '.join(valid)} or a numeric column")
-    return column
+    cols = [str(c) for c in columns]
+    if column in cols:
+        return column
+    aliases = [a for a, c in TARGET_ALIASES.items() if c in cols]
+    offered = aliases + [c for c in cols if c.startswith("target.") and c not in TARGET_ALIASES.values()
+                         and c != "target.cycle_gap"]
+    others = [c for c in cols if c not in offered and c not in TARGET_ALIASES.values()
+              and c not in ("step.id", "target.cycle_gap")]
+    others.sort(key=lambda c: "." in c)  # the table's own columns first, then canonical ones
+    why = ""
+    if name in TARGET_ALIASES:
+        why = (f" ('{name}' needs step data: a column-mapped table has no step timestamps)" if mapped
+               else f" (the data has no {column})")
+    shown = ", ".join(others[:12]) + (", …" if len(others) > 12 else "")
+    raise StepMLError(f"unknown target '{name}'{why}; valid: {', '.join(offered) or '-'}"
+                      + (f", or a numeric column: {shown}" if others else ""))
 
 
 def sampling_stats(frame: pd.DataFrame) -> dict[str, dict[str, float]]:

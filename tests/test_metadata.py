@@ -239,3 +239,97 @@ def test_default_data_root_honours_the_environment(monkeypatch, tmp_path):
     data = tmp_path / "a" / "b" / "c.csv"
     roots = metadata_roots(data)
     assert roots[0] == data.resolve() and roots[1] == data.resolve().parent and roots[-1] == default_data_root()
+
+
+# -- shipped datasheets ------------------------------------------------------------------------------------
+
+SHEETS = ("h100-sxm", "h100-pcie", "h100-nvl", "h200-sxm", "h200-nvl", "a100-sxm-40gb", "a100-sxm-80gb", "a40", "l40s")
+
+
+@pytest.mark.parametrize("stem", SHEETS)
+def test_every_shipped_datasheet_loads_and_names_its_vendor_sources(stem):
+    from features.metadata import HARDWARE_DIR
+
+    path = HARDWARE_DIR / f"{stem}.json"
+    sheet = json.loads(path.read_text())
+    assert sheet["sources"] and all(s.startswith("https://www.nvidia.com/") or s.startswith("https://resources.nvidia")
+                                    or s.startswith("https://images.nvidia.com/") for s in sheet["sources"])
+    hw = load_hardware(path)
+    assert 1e14 < hw.dense_bf16_flops < 2e15 and 5e11 < hw.hbm_bytes_per_s < 1e13
+    assert 1e10 < hw.interconnect_bytes_per_s <= 9e11 and 4e10 <= hw.memory_bytes <= 1.41e11
+
+
+def test_shipped_datasheet_figures_by_hand():
+    from features.metadata import find_hardware
+
+    figures = {stem: load_hardware(find_hardware(stem)) for stem in SHEETS}
+    assert (figures["h100-sxm"].dense_bf16_flops, figures["h100-sxm"].hbm_bytes_per_s) == (989.5e12, 3.35e12)
+    assert (figures["h200-sxm"].dense_bf16_flops, figures["h200-sxm"].hbm_bytes_per_s) == (989.5e12, 4.8e12)
+    assert figures["a100-sxm-80gb"].hbm_bytes_per_s == 2039e9 and figures["a100-sxm-40gb"].hbm_bytes_per_s == 1555e9
+    assert figures["a100-sxm-40gb"].dense_bf16_flops == 312e12 and figures["a40"].dense_bf16_flops == 149.7e12
+    assert figures["l40s"].dense_bf16_flops == 362.05e12 and figures["l40s"].interconnect_bytes_per_s == 64e9
+    assert figures["h100-nvl"].memory_bytes == 94e9 and figures["h100-pcie"].hbm_bytes_per_s == 2e12
+
+
+def test_shipped_h100_figures_equal_the_real_datasheets(real_path):
+    from features.metadata import find_hardware
+
+    for stem in ("h100-sxm", "h100-nvl"):
+        assert load_hardware(find_hardware(stem)) == load_hardware(real_path(f"blis/hardware/{stem}.json"))
+
+
+@pytest.mark.parametrize("name, stem", [("h100", "h100-sxm"), ("H100_SXM5", "h100-sxm"), ("a100-80gb", "a100-sxm-80gb"),
+                                        ("A100 SXM4 40GB", "a100-sxm-40gb"), ("h200", "h200-sxm"), ("L40S", "l40s")])
+def test_hardware_names_and_aliases(name, stem):
+    from features.metadata import find_hardware
+
+    assert find_hardware(name).stem == stem
+
+
+def test_unknown_and_ambiguous_hardware_names_list_the_datasheets(tmp_path):
+    from features.metadata import find_hardware
+
+    with pytest.raises(StepMLError, match=r"'a100' names several datasheets \(a100-sxm-40gb, a100-sxm-80gb\)"):
+        find_hardware("a100")
+    with pytest.raises(StepMLError, match=r"no hardware datasheet named 'tpu-v5'; known: a100-sxm-40gb, .*l40s"):
+        find_hardware("tpu-v5")
+    own = _sheet(tmp_path / "mygpu.json", 100, False)
+    assert find_hardware(str(own)) == own                         # a datasheet path of the user's
+    (tmp_path / "root" / "hardware").mkdir(parents=True)
+    beside = _sheet(tmp_path / "root" / "hardware" / "mygpu.json", 100, False)
+    assert find_hardware("MyGPU", [tmp_path / "root"]) == beside   # a hardware/ folder beside the data
+
+
+@pytest.mark.parametrize("path, named", [
+    ("/d/aiconfigurator_h100_vllm0.24/moe_perf.parquet", ("h100-sxm", [])),
+    ("/d/vidur_h100/Llama-2-7b-hf/mlp.csv", ("h100-sxm", [])),
+    ("/d/aiconfigurator_a100_sxm_80gb/moe_perf.parquet", ("a100-sxm-80gb", [])),
+    ("/d/h200_nvl/t.csv", ("h200-nvl", [])),
+    ("/d/runs_a100/t.csv", (None, ["a100-sxm-40gb", "a100-sxm-80gb"])),
+    ("/d/kernels/t.csv", (None, [])),
+])
+def test_hardware_named_by_a_path(path, named):
+    from features.metadata import hardware_in_path
+
+    assert hardware_in_path(path) == named
+
+
+def test_a_hardware_column_of_a_step_table_picks_the_datasheet(tmp_path, isolated_metadata, steps_table, write_table):
+    from features.dataset import load_dataset
+
+    table = steps_table({"a": 6, "b": 6})
+    table["hardware"] = ["l40s"] * 6 + ["h200"] * 6
+    ds = load_dataset(write_table(tmp_path / "s.parquet", table))
+    by_exp = ds.frame.groupby("experiment_id")[["hw.flops", "hw.hbm_bw"]].first()
+    assert by_exp.loc["a"].tolist() == [362.05e12, 864e9] and by_exp.loc["b"].tolist() == [989.5e12, 4.8e12]
+    table["hardware"] = "tpu"
+    with pytest.raises(StepMLError, match=r"no hardware datasheet named 'tpu'"):
+        load_dataset(write_table(tmp_path / "t.parquet", table))
+
+
+def test_datasheet_figures_must_be_positive_numbers(tmp_path):
+    for bad in ('"fast"', "-1", "0", "true", "null"):
+        text = _sheet(tmp_path / "x.json", 1, False).read_text().replace('"bandwidth_tb_s": 3.35', f'"bandwidth_tb_s": {bad}')
+        (tmp_path / "x.json").write_text(text)
+        with pytest.raises(StepMLError, match=r"x\.json: not a hardware datasheet"):
+            load_hardware(tmp_path / "x.json")

@@ -133,8 +133,9 @@ def test_bad_split_files_are_errors(tmp_path):
 
 
 def test_unknown_specs_and_columns_are_errors(frame):
-    with pytest.raises(StepMLError, match=r"unknown split 'random'; valid: temporal, lomo, lowo, logo:COLUMN"):
-        make_splits(frame, "random")
+    with pytest.raises(StepMLError, match=r"unknown split 'shuffle'; valid: temporal, random, kfold\[:K\[:COLUMN\]\], "
+                                          r"lomo, lowo, logo:COLUMN"):
+        make_splits(frame, "shuffle")
     with pytest.raises(StepMLError, match=r"unknown split 'logo:'"):
         make_splits(frame, "logo:")
     with pytest.raises(StepMLError, match=r"split 'logo:gpu': unknown column 'gpu'; valid: experiment_id, step\.id"):
@@ -150,3 +151,60 @@ def test_split_part_names():
     assert split.part("validation").tolist() == [1] and split.part("test").tolist() == [2]
     with pytest.raises(StepMLError, match=r"unknown split part 'dev'; valid: train, val, test"):
         split.part("dev")
+
+
+# -- random and group-aware K-fold -------------------------------------------------------------------------
+
+def test_random_split_is_a_seeded_partition(frame):
+    from features.splits import random_split
+
+    split = make_splits(frame, "random")[0]
+    assert (len(split.train), len(split.val), len(split.test)) == (15, 5, 5)
+    assert np.array_equal(np.sort(np.concatenate([split.train, split.val, split.test])), np.arange(len(frame)))
+    again = make_splits(frame, "random")[0]
+    assert all(np.array_equal(split.part(p), again.part(p)) for p in ("train", "val", "test"))
+    other = random_split(frame, seed=1)
+    assert not np.array_equal(split.test, other.test)
+    expected = np.sort(np.random.default_rng(0).permutation(len(frame))[20:])
+    assert np.array_equal(split.test, expected)
+
+
+@pytest.mark.parametrize("spec, k", [("kfold", 4), ("kfold:2", 2), ("kfold:3", 3), ("kfold:2:model", 2)])
+def test_kfold_keeps_groups_whole_and_tests_each_once(frame, spec, k):
+    if spec == "kfold":
+        with pytest.raises(StepMLError, match=r"has 4 group\(s\), fewer than K = 5; use kfold:4"):
+            make_splits(frame, spec)
+        spec = "kfold:4"
+    column = spec.split(":")[2] if spec.count(":") == 2 else "experiment_id"
+    folds = make_splits(frame, spec, "h")
+    assert [f.fold for f in folds] == [str(i) for i in range(1, k + 1)]
+    tested = np.concatenate([f.test for f in folds])
+    assert np.array_equal(np.sort(tested), np.arange(len(frame)))                   # every row tested exactly once
+    values = frame[column].astype(str).to_numpy()
+    for f in folds:
+        held = set(values[f.test])
+        assert held and not held & set(values[np.concatenate([f.train, f.val])])    # a group never straddles
+        assert np.array_equal(np.sort(np.concatenate([f.train, f.val, f.test])), np.arange(len(frame)))
+        assert f.data_hash == "h" and f.spec == spec
+
+
+def test_kfold_balances_rows_greedily(frame):
+    # sizes 10, 7, 5, 3 dealt largest first to the emptiest fold: {10}, {7, 5}... with K = 2: {10, 3} and {7, 5}
+    folds = make_splits(frame, "kfold:2")
+    held = [sorted(set(frame["experiment_id"].iloc[f.test])) for f in folds]
+    assert held == [["a-gen", "c-gen"], ["a-code", "b-gen"]]
+
+
+@pytest.mark.parametrize("spec, message", [("kfold:x", r"K must be a whole number"), ("kfold:1", r"K must be at least 2"),
+                                           ("kfold:2:gpu", r"unknown column 'gpu'"), (None, r"unknown split None")])
+def test_bad_kfold_specs(frame, spec, message):
+    with pytest.raises(StepMLError, match=message):
+        make_splits(frame, spec)
+
+
+def test_kfold_and_random_round_trip_through_files(tmp_path, frame):
+    for spec in ("random", "kfold:3"):
+        saved = make_splits(frame, spec, "h")
+        loaded = load_splits(save_splits(saved, tmp_path))
+        assert [(s.spec, s.fold) for s in loaded] == [(s.spec, s.fold) for s in saved]
+        assert all(np.array_equal(a.test, b.test) for a, b in zip(saved, loaded))

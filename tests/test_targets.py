@@ -98,8 +98,11 @@ def test_target_column_resolves_aliases_and_names_valid_ones():
     assert target_column("my_time", cols) == "my_time"
     with pytest.raises(StepMLError) as info:
         target_column("latency", cols)
-    assert str(info.value) == ("unknown target 'latency'; valid: cycle, duration, target.cycle_gap, "
-                               "target.cycle_us, target.duration_us or a numeric column")
+    assert str(info.value) == "unknown target 'latency'; valid: cycle, duration, or a numeric column: my_time"
+    with pytest.raises(StepMLError) as info:  # a mapped table: cycle cannot exist, and is not offered
+        target_column("cycle", ["batch.scheduled_tokens", "target.value_us"], mapped=True)
+    assert str(info.value) == ("unknown target 'cycle' ('cycle' needs step data: a column-mapped table has no step "
+                               "timestamps); valid: target.value_us, or a numeric column: batch.scheduled_tokens")
 
 
 def test_sampling_stats_by_hand():
@@ -159,7 +162,7 @@ def test_missing_data_is_an_error(tmp_path):
     with pytest.raises(StepMLError, match=r"data not found: .*nothing\.parquet"):
         load_dataset(tmp_path / "nothing.parquet")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(StepMLError, match=r"no traces\.json or traces\.json\.gz files below this folder"):
+    with pytest.raises(StepMLError, match=r"no traces\.json, traces\.json\.gz or step tables below this folder"):
         load_dataset(tmp_path / "empty")
 
 
