@@ -14,7 +14,7 @@ from _common import data_root_or_exit
 
 from evaluation.scorer import candidate_losses
 from features.dataset import load_dataset
-from search_spaces.operators import lambdify_formula
+from search_spaces.numeric import lambdify_formula
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
     from discovery.review import front_of, pick_row
     from discovery.rundir import expr_of, read_hof, read_run_json
-    from search_spaces.operators import complexity
+    from search_spaces.objective import complexity
 
     hof, info = read_hof(run_dir), read_run_json(run_dir)
     front = front_of(hof)
@@ -265,7 +265,7 @@ def _go_refusal(defs: dict[str, sympy.Expr]) -> str | None:
 
 
 def _test_vectors(expr, used, dataset, split, n: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(split.val, size=min(n, len(split.val)), replace=False))
@@ -309,7 +309,7 @@ def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tu
     """Random request batches (plus the empty batch) and the Python reference step times."""
     from discovery.formula import evaluate_on_columns
     from features.aggregates import batch_aggregates
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     rng = np.random.default_rng(1)
     batches = [(np.zeros(0), np.zeros(0), np.zeros(0))]

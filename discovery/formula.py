@@ -48,7 +48,7 @@ def constants_of(expr: sympy.Expr) -> list[sympy.Float]:
 
 def simplify(expr: sympy.Expr) -> sympy.Expr:
     """``sympy.simplify`` when it does not make the formula more complex."""
-    from search_spaces.operators import complexity
+    from search_spaces.objective import complexity
 
     try:
         simpler = sympy.simplify(expr)
@@ -58,7 +58,7 @@ def simplify(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _mape(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> float:
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     names = sorted(str(s) for s in expr.free_symbols)
     with np.errstate(all="ignore"):
@@ -72,7 +72,7 @@ def refit_constants(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray
     """Refit the numeric constants on training rows (relative error); keep the fit only if MAPE improves."""
     from scipy.optimize import least_squares
 
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     consts = constants_of(expr)
     if not consts:
@@ -133,7 +133,8 @@ def baked_definitions(features: Sequence[str], dataset: Dataset) -> tuple[dict[s
 def evaluate_on_columns(expr: sympy.Expr, columns: Mapping[str, object], n: int | None = None) -> np.ndarray:
     """Evaluate an expression over canonical-column symbols (dotted names) with protected operators."""
     from evaluation.predictors import n_rows
-    from search_spaces.operators import lambdify_formula, symbol_name
+    from search_spaces.numeric import lambdify_formula
+    from search_spaces.operators import symbol_name
 
     n = n_rows(columns) if n is None else n
     cols = sorted(s.name for s in expr.free_symbols)
@@ -161,7 +162,7 @@ class ArtifactPredictor:
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
         """Evaluate the exported formula on canonical columns (one step or many)."""
         from evaluation.predictors import n_rows
-        from search_spaces.operators import lambdify_formula
+        from search_spaces.numeric import lambdify_formula
 
         n = n_rows(columns)
         with np.errstate(all="ignore"):

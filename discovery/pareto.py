@@ -1,7 +1,8 @@
-"""Pareto front, PySR's score, and the selections ``best``, ``accuracy`` and ``knee``.
+"""PySR's score and the selections ``best``, ``accuracy`` and ``knee`` over a front.
 
-Pure functions over arrays, shared by search (writing the hall of fame), review
-and export (``--pick``).
+Pure functions over arrays, shared by search (writing the hall of fame), review,
+export (``--pick``) and replay. The front itself is
+:func:`search_spaces.objective.pareto_mask`.
 """
 from __future__ import annotations
 
@@ -13,20 +14,6 @@ import numpy as np
 from features.errors import StepMLError
 
 SELECTIONS = ("best", "accuracy", "knee", "score")
-
-
-def pareto_mask(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
-    """True for rows not dominated in (complexity, loss); ties keep the first row."""
-    c = np.asarray(complexity, dtype=float)
-    l = np.asarray(loss, dtype=float)
-    order = np.lexsort((np.arange(len(c)), l, c))
-    keep = np.zeros(len(c), dtype=bool)
-    best = math.inf
-    for i in order:
-        if np.isfinite(l[i]) and l[i] < best:
-            keep[i] = True
-            best = l[i]
-    return keep
 
 
 def pysr_score(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:

@@ -17,13 +17,14 @@ import numpy as np
 
 from discovery.candidate import Candidate, build_problem
 from discovery.engines import ENGINES, make_engine, parse_engines
-from discovery.pareto import pareto_mask, pysr_score
+from discovery.pareto import pysr_score
 from discovery.rundir import (RESULTS_DIR, HofRow, holds_run, load_checkpoint, package_versions, read_run_json,
                               save_checkpoint, write_hof, write_run_json)
 from features.cli import run
 from features.dataset import Dataset
 from features.errors import StepMLError
 from features.splits import Split, make_splits, save_splits
+from search_spaces.objective import pareto_mask
 from search_spaces.spaces import SearchSpace, get_space, spaces
 
 

@@ -58,7 +58,7 @@ class FormulaPredictor:
     _fn: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from search_spaces.operators import lambdify_formula
+        from search_spaces.numeric import lambdify_formula
 
         used = tuple(f for f in self.features if sympy.Symbol(_sym(f)) in self.expr.free_symbols)
         object.__setattr__(self, "features", used)

@@ -16,21 +16,15 @@ import pytest
 import sympy
 
 from discovery.candidate import Problem, build_problem
-from discovery.engines.deap_engine import (
-    DeapEngine,
-    DeapSettings,
-    EvalResult,
-    TreeEvaluator,
-    _seed_to_tree,
-    constrained_loss,
-    linear_scaling,
-    violation_fraction,
-)
+from discovery.engines.deap_engine import DeapEngine, DeapSettings
+from discovery.engines.deap_trees import EvalResult, TreeEvaluator
 from discovery.engines.parallel import chunked, process_map, serial_map
 from features.dataset import load_dataset
 from features.errors import StepMLError
 from features.splits import make_splits
-from search_spaces.operators import complexity, lambdify_formula
+from search_spaces.numeric import lambdify_formula
+from search_spaces.objective import complexity, constrained_loss, linear_scaling, violation_fraction
+from search_spaces.prefix import format_prefix, seed_nodes
 from search_spaces.spaces import SearchSpace, get_space
 
 SMALL = DeapSettings(population=40, generations=6, islands=2, migration_interval=2, migration_size=3,
@@ -142,15 +136,19 @@ def test_evaluator_applies_the_constraint_mode_to_a_decreasing_fit():
 
 def test_seed_formulas_become_trees_or_are_skipped(demo_problem):
     evaluator = TreeEvaluator(demo_problem)
-    seeds = get_space("roofline").seed_formulas
-    trees = [_seed_to_tree(s, demo_problem.features, evaluator.symbols, evaluator.arity) for s in seeds]
+    space = get_space("roofline")
+
+    def tree(text):
+        nodes = seed_nodes(text, demo_problem.features, space.operators, evaluator.symbols)
+        return None if nodes is None else format_prefix(nodes, evaluator.arity)
+
+    trees = [tree(s) for s in space.seed_formulas]
     assert trees[1] == ("add(add(1.0, mul(1.0, rl_weight_load)), "
                         "add(mul(1.0, rl_prefill_compute), mul(1.0, rl_kv_read)))")
     assert "max(" in trees[0]
     # a feature the problem lacks, or an operator the space lacks: skipped
-    assert _seed_to_tree("c0 + c1*prefill_tokens", demo_problem.features, evaluator.symbols, evaluator.arity) is None
-    assert _seed_to_tree("c0 + rl_kv_read/rl_weight_load", demo_problem.features, evaluator.symbols,
-                         evaluator.arity) is None
+    assert tree("c0 + c1*prefill_tokens") is None
+    assert tree("c0 + rl_kv_read/rl_weight_load") is None
 
 
 def test_settings_are_validated():
