@@ -15,7 +15,7 @@ Cases
 
 Each search is ``python -m discovery.search`` (``discovery.search.search``) with ``--engine E
 --budget B --generations 100000`` (the budget binds; DEAP may stop earlier by its early-stop rule),
-the same ``--seed``; the ``best`` front member (``discovery.review.pick_row(front, "best")``) gives
+the same ``--seed``; the ``best`` front member (``discovery.pareto.pick_row(front, "best")``) gives
 the validation and test MAPE (%) and the complexity. Ratios are DEAP / Operon of test MAPE
 (goal: ≤ 1.2). MoE goal: the best formula's mean test MAPE ≤ 12 %.
 
@@ -36,7 +36,7 @@ from _common import data_root_or_exit
 import numpy as np
 
 from discovery import search
-from discovery.review import front_of, pick_row
+from discovery.pareto import front_of, pick_row
 from discovery.rundir import read_hof
 
 BLIS_EXPERIMENTS = ("20260217-202857-llama-2-70b-tp4-general", "20260217-203421-llama-2-70b-hf-tp4-codegen",

@@ -18,7 +18,7 @@ from pathlib import Path
 from _common import data_root_or_exit
 
 from discovery import search
-from discovery.review import front_of, pick_row
+from discovery.pareto import front_of, pick_row
 from discovery.rundir import read_hof
 from evaluation.baselines import fit_baseline
 from evaluation.scorer import score

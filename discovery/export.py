@@ -159,7 +159,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
            round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
     """Export one front member of a run; return the output folder."""
     from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
-    from discovery.review import front_of, pick_row
+    from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof, read_run_json
     from search_spaces.objective import complexity
 

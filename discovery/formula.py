@@ -59,13 +59,12 @@ def simplify(expr: sympy.Expr) -> sympy.Expr:
 
 def _mape(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> float:
     from search_spaces.numeric import lambdify_formula
+    from search_spaces.objective import relative_error
 
     names = sorted(str(s) for s in expr.free_symbols)
     with np.errstate(all="ignore"):
         pred = lambdify_formula(expr, names)({k: X[k] for k in names}) if names else np.full(len(y), float(expr))
-    if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
-        return float("inf")
-    return float(np.mean(np.abs(pred - y) / y) * 100)
+    return relative_error(pred, y) * 100
 
 
 def refit_constants(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> sympy.Expr:

@@ -1,10 +1,29 @@
-"""Run directories: ``results/<run-id>/`` with ``hall_of_fame.csv``, ``run.json`` and a checkpoint.
+"""Run directories: ``results/<run-id>/`` with ``hall_of_fame.csv``, ``run.json``, splits and a checkpoint.
 
 Every file is written atomically. ``hall_of_fame.csv`` starts with PySR's
 columns (``Complexity,Loss,Equation``) so PySR users read it as they would
-PySR's, then ``score, val_mape, test_mape, mspe, n_constants, sympy, engine``
-and ``front, provenance``. Rows are sorted by complexity, then validation MAPE,
-then equation; floats are written with ``repr`` so equal runs give equal bytes.
+PySR's, then the rest; one row per distinct candidate:
+
+``Complexity``   operator-table complexity (:func:`search_spaces.objective.complexity`)
+``Loss``         the search loss on the training part, **in percent**: mean relative
+                 error ×100 (weighted for ``relative_weighted`` spaces), times
+                 ``1 + 10·violation`` in ``penalise`` spaces
+                 (:mod:`search_spaces.objective`)
+``Equation``     the formula (sympy's ``sstr``)
+``score``        PySR's score along the validation front (empty off the front)
+``val_mape``     validation MAPE, percent (selection uses only this)
+``test_mape``    test MAPE, percent (reported, never used to choose)
+``mspe``         validation mean signed percentage error, percent
+``n_constants``  numeric constants in the formula
+``sympy``        the exact formula (``sympy.srepr``; read back with the whitelist parser)
+``engine``       ``deap``, ``operon`` or ``pysr``
+``front``        ``true`` on the non-dominated set in (complexity, val_mape)
+``provenance``   where it came from (``deap gen 12 island 1``, ``seed``, ``pysr import …``)
+
+Every error column is a percentage. Runs written before ``run.json`` carried
+``"loss_unit": "percent"`` stored ``Loss`` as a fraction; :func:`read_hof`
+converts them. Rows are sorted by complexity, then validation MAPE, then
+equation; floats are written with ``repr`` so equal runs give equal bytes.
 """
 from __future__ import annotations
 
@@ -24,6 +43,8 @@ from features.io import atomic_write_json, atomic_write_text
 HOF_COLUMNS = ("Complexity", "Loss", "Equation", "score", "val_mape", "test_mape", "mspe", "n_constants",
                "sympy", "engine", "front", "provenance")
 RESULTS_DIR = Path("results")
+#: ``run.json`` key and value recording that ``Loss`` is a percentage (older runs: a fraction).
+LOSS_UNIT = ("loss_unit", "percent")
 CHECKPOINT = "checkpoint.json"
 #: The pickle checkpoint of earlier versions: never loaded (unpickling runs code).
 LEGACY_CHECKPOINT = "checkpoint.pkl"
@@ -74,7 +95,7 @@ def write_hof(run_dir: Path, rows: list[HofRow]) -> Path:
 
 
 def read_hof(run_dir: Path) -> pd.DataFrame:
-    """Read a run's hall of fame (one-line error when missing or malformed)."""
+    """Read a run's hall of fame (one-line error when missing or malformed); ``Loss`` in percent."""
     path = Path(run_dir) / "hall_of_fame.csv"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no hall_of_fame.csv (not a run directory?)")
@@ -85,6 +106,11 @@ def read_hof(run_dir: Path) -> pd.DataFrame:
     missing = [c for c in ("Complexity", "Loss", "Equation") if c not in table.columns]
     if missing:
         raise StepMLError(f"{path}: missing column(s) {', '.join(missing)}")
+    info_path = Path(run_dir) / "run.json"
+    if info_path.is_file():
+        info = read_run_json(run_dir)
+        if info.get(LOSS_UNIT[0]) != LOSS_UNIT[1]:  # a run of an earlier version: Loss was a fraction
+            table["Loss"] = pd.to_numeric(table["Loss"], errors="coerce") * 100.0
     return table
 
 

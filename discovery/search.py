@@ -18,7 +18,7 @@ import numpy as np
 from discovery.candidate import Candidate, build_problem
 from discovery.engines import ENGINES, make_engine, parse_engines
 from discovery.pareto import pysr_score
-from discovery.rundir import (RESULTS_DIR, HofRow, holds_run, load_checkpoint, package_versions, read_run_json,
+from discovery.rundir import (LOSS_UNIT, RESULTS_DIR, HofRow, holds_run, load_checkpoint, package_versions, read_run_json,
                               save_checkpoint, write_hof, write_run_json)
 from features.cli import run
 from features.dataset import Dataset
@@ -79,7 +79,10 @@ def _mapper(args: argparse.Namespace):
 
 
 def rescore(candidates: Sequence[Candidate], dataset: Dataset, split: Split) -> list[HofRow]:
-    """Rescore candidates with the shared harness; mark the validation front and PySR's score."""
+    """Rescore candidates with the shared harness; mark the validation front and PySR's score.
+
+    Rows carry every error in percent (the candidates' training losses are fractions).
+    """
     from evaluation.predictors import FormulaPredictor
     from evaluation.scorer import score
 
@@ -96,7 +99,7 @@ def rescore(candidates: Sequence[Candidate], dataset: Dataset, split: Split) -> 
     scores = np.full(len(cands), np.nan)
     idx = np.flatnonzero(front)
     scores[idx] = pysr_score(comp[idx], val[idx])
-    rows = [HofRow(int(c.complexity), float(c.loss), _equation(c.expr), float(scores[i]), float(val[i]),
+    rows = [HofRow(int(c.complexity), float(c.loss) * 100.0, _equation(c.expr), float(scores[i]), float(val[i]),
                    float(cards[i].overall["test"]["mape"]), float(cards[i].overall["val"]["mspe"]),
                    int(c.n_constants), _srepr(c.expr), c.engine, bool(front[i]), c.provenance)
             for i, c in enumerate(cands)]
@@ -203,7 +206,7 @@ def search(args: argparse.Namespace, echo: Callable[[str], None] = print) -> Pat
         "settings": {"budget_s": args.budget, "generations": args.generations, "population": args.population,
                      "islands": args.islands, "early_stop": args.early_stop},
         "rows": {"train": int(len(split.train)), "val": int(len(split.val)), "test": int(len(split.test))},
-        "packages": package_versions(),
+        "packages": package_versions(), LOSS_UNIT[0]: LOSS_UNIT[1],
     }
     if imported is not None:
         info["imported_from"] = str(imported.source)
@@ -297,7 +300,7 @@ def summary_table(rows: list[HofRow]) -> str:
     front = [r for r in rows if r.front]
     lines = [f"{'cx':>3} {'train%':>7} {'val%':>7} {'test%':>7} {'score':>6}  formula"]
     for r in front:
-        lines.append(f"{r.complexity:>3} {r.loss * 100:>7.2f} {r.val_mape:>7.2f} {r.test_mape:>7.2f} "
+        lines.append(f"{r.complexity:>3} {r.loss:>7.2f} {r.val_mape:>7.2f} {r.test_mape:>7.2f} "
                      f"{r.score:>6.3f}  {r.equation}")
     return "\n".join(lines)
 

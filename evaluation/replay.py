@@ -664,7 +664,7 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     run_dir = Path(path_part)
     if not run_dir.is_dir():
         raise StepMLError(f"predictor not found: {path_part} (expected RUN_DIR[:ROW] or baseline:NAME)")
-    from discovery.review import front_of, pick_row
+    from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof
     from evaluation.predictors import FormulaPredictor
     from features import catalog

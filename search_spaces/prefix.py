@@ -165,7 +165,7 @@ def infix(nodes: Sequence[tuple[int, Any]], name: Callable[[str], str] = lambda 
             left = left if lp >= prec else f"({left})"
             # the right operand of - and / needs parentheses at equal precedence; of + and * it does not
             right = right if rp > prec or (rp == prec and value in ("add", "mul")) else f"({right})"
-            return f"{left} {symbol} {right}" if prec == 1 else f"{left}*{right}", prec
+            return (f"{left} {symbol} {right}" if prec == 1 else f"{left}{symbol}{right}"), prec
         return f"{name(value)}({', '.join(text for text, _ in args)})", 3
 
     text, _ = walk()

@@ -272,8 +272,8 @@ def test_import_x_names_and_feature_names_give_the_same_run(tmp_path):
     dataset = load_dataset(None)
     split = make_splits(dataset.frame, "temporal", dataset.content_hash())[0]
     problem = build_problem(dataset, split, get_space("linear"))
-    assert math.isclose(row["Loss"], training_loss(expr, problem)[0], rel_tol=1e-12)
-    assert row["Loss"] < 1.0  # not PySR's own 1.2e6
+    assert math.isclose(row["Loss"], 100 * training_loss(expr, problem)[0], rel_tol=1e-12)
+    assert row["Loss"] < 100.0  # a percentage, not PySR's own 1.2e6
 
 
 def test_import_prefers_the_bak_file(tmp_path):
