@@ -31,14 +31,16 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import sympy
 
 from features.errors import StepMLError
 from features.io import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import sympy
 
 HOF_COLUMNS = ("Complexity", "Loss", "Equation", "score", "val_mape", "test_mape", "mspe", "n_constants",
                "sympy", "engine", "front", "provenance")
@@ -67,6 +69,10 @@ class HofRow:
     front: bool
     provenance: str
 
+    def expression(self) -> "sympy.Expr":
+        """The exact formula (from the ``sympy`` column, read with the whitelist parser)."""
+        return expr_of({"sympy": self.sympy, "Equation": self.equation})  # type: ignore[arg-type]
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
@@ -94,8 +100,10 @@ def write_hof(run_dir: Path, rows: list[HofRow]) -> Path:
     return atomic_write_text(run_dir / "hall_of_fame.csv", hof_csv(rows))
 
 
-def read_hof(run_dir: Path) -> pd.DataFrame:
+def read_hof(run_dir: Path) -> "pd.DataFrame":
     """Read a run's hall of fame (one-line error when missing or malformed); ``Loss`` in percent."""
+    import pandas as pd
+
     path = Path(run_dir) / "hall_of_fame.csv"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no hall_of_fame.csv (not a run directory?)")
@@ -114,7 +122,7 @@ def read_hof(run_dir: Path) -> pd.DataFrame:
     return table
 
 
-def expr_of(row: pd.Series) -> sympy.Expr:
+def expr_of(row: "pd.Series") -> "sympy.Expr":
     """The sympy expression of a hall-of-fame row (exact, from its ``sympy`` srepr column).
 
     The text is read with the whitelist parser

@@ -65,6 +65,7 @@ import numpy as np
 
 from discovery.engines.deap_trees import EvalResult, TreeEvaluator
 from discovery.engines.deap_variation import MUTATIONS, Individual, Variation
+from discovery.config import DEFAULTS
 from features.errors import StepMLError
 from search_spaces.objective import pareto_mask, relative_error
 from search_spaces.prefix import CONST
@@ -125,13 +126,13 @@ class DeapSettings:
     seed : int
     """
 
-    population: int = 200
-    generations: int = 40
-    islands: int = 2
+    population: int = DEFAULTS.population
+    generations: int = DEFAULTS.generations
+    islands: int = DEFAULTS.islands
     migration_interval: int = 5
     migration_size: int = 5
-    budget_s: float = 60.0
-    early_stop_generations: int = 10
+    budget_s: float = DEFAULTS.budget_s
+    early_stop_generations: int = DEFAULTS.early_stop
     const_opt_max_nfev: int = 50
     crossover_prob: float = 0.6
     mutation_prob: float = 0.4
@@ -143,7 +144,7 @@ class DeapSettings:
     mutation_max_depth: int = 2
     constant_prob: float = 0.2
     variation_attempts: int = 5
-    seed: int = 0
+    seed: int = DEFAULTS.seed
 
     def __post_init__(self) -> None:
         problems = []

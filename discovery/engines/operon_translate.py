@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from discovery.config import DEFAULTS
 from features.errors import StepMLError
 from search_spaces.objective import Objective
 from search_spaces.operators import OPERATORS, symbol_name
@@ -108,11 +109,11 @@ class OperonSettings:
     max_evaluations : int
     """
 
-    population: int = 200
-    islands: int = 2
-    generations: int = 40
-    budget_s: float = 60.0
-    seed: int = 0
+    population: int = DEFAULTS.population
+    islands: int = DEFAULTS.islands
+    generations: int = DEFAULTS.generations
+    budget_s: float = DEFAULTS.budget_s
+    seed: int = DEFAULTS.seed
     threads: int = 1
     objective: str = "relative"
     optimizer_iterations: int = 10

@@ -83,6 +83,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from discovery.config import CLUSTER_MANAGERS, DEFAULTS
 from features.errors import StepMLError
 from search_spaces.operators import OPERATORS, pysr_options, symbol_name
 from search_spaces.objective import pareto_front
@@ -95,8 +96,6 @@ if TYPE_CHECKING:
 __all__ = ["CLUSTER_MANAGERS", "FIT_KEYS", "PySREngine", "PySRSettings", "check_available", "julia_status",
            "pysr_kwargs", "pysr_unsupported"]
 
-#: ``cluster_manager`` values PySR accepts.
-CLUSTER_MANAGERS = ("slurm", "pbs", "lsf", "sge", "qrsh", "scyld", "htc")
 #: Keys of :func:`pysr_kwargs` that go to ``PySRRegressor.fit`` rather than the constructor.
 FIT_KEYS = ("variable_names",)
 RELATIVE_LOSS = "loss(prediction, target) = abs(prediction - target) / abs(target)"
@@ -117,11 +116,11 @@ DEFAULT_CHECK_TIMEOUT_S = 300.0
 class PySRSettings:
     """Options of :class:`PySREngine` (the first five are the search CLI's)."""
 
-    population: int = 200
-    islands: int = 2
-    generations: int = 40
-    budget_s: float = 60.0
-    seed: int = 0
+    population: int = DEFAULTS.population
+    islands: int = DEFAULTS.islands
+    generations: int = DEFAULTS.generations
+    budget_s: float = DEFAULTS.budget_s
+    seed: int = DEFAULTS.seed
     deterministic: bool | None = None
     procs: int | None = None
     cluster_manager: str | None = None
