@@ -333,7 +333,7 @@ def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
     from discovery.formula import load_artifact, run_data
 
     doc, predictor = load_artifact(export_dir)
-    dataset, split = run_data(doc)
+    dataset, split = run_data(doc, export_dir)
     inv = invariants(export_dir, doc, predictor, dataset, split)
     comp = comparison(predictor, dataset, split, seed=int(doc.get("seed") or 0))
     beyond = outside_range(predictor, dataset, split)

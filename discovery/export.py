@@ -159,6 +159,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
            round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
     """Export one front member of a run; return the output folder."""
     from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
+    from features.splits import save_splits
     from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof, read_run_json
     from search_spaces.objective import complexity
@@ -167,7 +168,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     front = front_of(hof)
     row_index = pick_row(front, pick)
     row = front.iloc[row_index]
-    dataset, split = run_data(info)
+    dataset, split = run_data(info, run_dir)
     name = check_export_name(f"{run_dir.name}-{pick}" if name is None else name)
     out_dir = Path(out) if out else EXPORTED_DIR / name
     if (out_dir / "artifact.json").exists():
@@ -212,6 +213,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     }
     doc = json_safe(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
+    doc["split_file"] = save_splits([split], out_dir).name  # the audit scores on exactly this split
     atomic_write_text(out_dir / "formula.py", python_source(expr, used, name, doc))
     atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))
     checks = _write_compiled(out_dir, expr, used, defs, dataset, split, go_reason)

@@ -1,6 +1,6 @@
 """Operations on a chosen formula shared by export, audit and replay.
 
-- reload the data and split a run was searched on (:func:`run_data`);
+- reload the data a run was searched on and the split it saved (:func:`run_data`);
 - simplify, refit constants on the training part, round constants;
 - bake the per-experiment constant columns (architecture, hardware) into each
   used feature's definition, giving features over per-step batch columns only;
@@ -23,22 +23,61 @@ from features.splits import Split
 ARTIFACT_SCHEMA = "stepml-artifact/1"
 
 
-def run_data(info: Mapping[str, Any]) -> tuple[Dataset, Split]:
-    """The dataset and split a run (``run.json``) or artifact was built on."""
-    from features.dataset import load_dataset
-    from features.splits import make_splits
+def run_data(info: Mapping[str, Any], folder: str | Path) -> tuple[Dataset, Split]:
+    """The dataset and the split a run (``run.json``) or an artifact was built on.
 
-    data = info.get("data_path")
-    target = info.get("target")
-    dataset = load_dataset(data, target, max_gap=int(info.get("max_gap", 10)), colmap=info.get("colmap"),
-                           experiments=info.get("experiments"))
+    The data is loaded again (and must hash as it did); the split is the one
+    the search saved beside the run (``folder``: the run directory, or the export
+    folder, which holds a copy), never recomputed.
+
+    Raises
+    ------
+    StepMLError
+        When the data changed, or the saved split indices are missing or do not
+        match the run (other data, spec or fold).
+    """
+    from features.dataset import load_dataset
+    from features.targets import DEFAULT_MAX_GAP
+
+    dataset = load_dataset(info.get("data_path"), info.get("target"), max_gap=int(info.get("max_gap", DEFAULT_MAX_GAP)),
+                           colmap=info.get("colmap"), experiments=info.get("experiments"))
     if info.get("data_hash") and dataset.content_hash() != info["data_hash"]:
         raise StepMLError(f"the data at {dataset.label} changed since the run (hash {dataset.content_hash()} "
                           f"vs {info['data_hash']})")
-    splits = make_splits(dataset.frame, info.get("split", "temporal"), dataset.content_hash())
-    fold = info.get("fold") or ""
-    chosen = [s for s in splits if s.fold == fold] or splits[:1]
-    return dataset, chosen[0]
+    return dataset, saved_split(folder, info, len(dataset.frame))
+
+
+def saved_split(folder: str | Path, info: Mapping[str, Any], n_rows: int) -> Split:
+    """The split (and fold) recorded in ``info``, read from the index file saved in ``folder``."""
+    from features.splits import load_splits
+
+    folder = Path(folder)
+    spec, data_hash, fold = info.get("split"), info.get("data_hash") or "", info.get("fold") or ""
+    if not isinstance(spec, str):
+        raise StepMLError(f"{folder}: the run records no split")
+    named = info.get("split_file")
+    plain = isinstance(named, str) and named not in ("", ".", "..") and Path(named).name == named
+    candidates = [folder / named] if plain else sorted(folder.glob("*.npz"))  # type: ignore[operator]
+    matching = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        splits = load_splits(path)
+        if splits and splits[0].spec == spec and splits[0].data_hash == data_hash:
+            matching = splits
+            break
+    if not matching:
+        raise StepMLError(f"{folder}: no saved split indices for split '{spec}' of data {data_hash or '?'} "
+                          "(the run's .npz file is missing or belongs to other data); run the search again")
+    chosen = [s for s in matching if s.fold == fold]
+    if not chosen:
+        raise StepMLError(f"{folder}: the saved split '{spec}' has no fold '{fold}' "
+                          f"(saved: {', '.join(s.fold or '-' for s in matching)})")
+    split = chosen[0]
+    biggest = max((int(p.max()) for p in (split.train, split.val, split.test) if len(p)), default=-1)
+    if biggest >= n_rows:
+        raise StepMLError(f"{folder}: the saved split indexes row {biggest}, but the data has {n_rows} rows")
+    return split
 
 
 def constants_of(expr: sympy.Expr) -> list[sympy.Float]:

@@ -395,7 +395,7 @@ def _search_into(run_dir: Path, config: SearchConfig, dataset: "Dataset", splits
     from discovery.candidate import build_problem
     from features.splits import save_splits
 
-    save_splits(splits, run_dir)
+    info = dict(info, split_file=save_splits(splits, run_dir).name)
     problem = build_problem(dataset, split, space, seed=config.seed)
     echo(f"space: {space.name} ({len(problem.features)} features)   target: {dataset.target}   "
          f"split: {split.name} (train {len(split.train)}, val {len(split.val)}, test {len(split.test)})   "
