@@ -23,7 +23,7 @@ from features.dataset import load_dataset
 from features.errors import StepMLError
 from features.splits import make_splits
 from search_spaces.numeric import lambdify_formula
-from search_spaces.objective import complexity
+from search_spaces.objective import complexity, violation_fraction
 from search_spaces.prefix import format_prefix, seed_nodes
 from search_spaces.spaces import SearchSpace, get_space
 
