@@ -62,12 +62,12 @@ Feature names and symbols
 -------------------------
 Feature names contain dots (``batch.prefill_tokens``) and are not Python
 identifiers, so sympy symbols are named with :func:`symbol_name`
-(``batch__prefill_tokens``), reversed by :func:`feature_from_symbol`. Pass
+(``batch__prefill_tokens``), reversed by :func:`feature_from_symbol` (both in
+:mod:`search_spaces.symbols`, imported here). Pass
 ``[symbol_name(f) for f in features]`` as PySR's ``variable_names``.
 """
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from features.errors import StepMLError
+from search_spaces.symbols import feature_from_symbol, symbol_name
 
 if TYPE_CHECKING:  # sympy is imported on first use: search workers need only numpy
     import sympy
@@ -484,83 +485,7 @@ def operon_symbols(names: Iterable[str] | None = None) -> str:
     return ",".join([op.operon for op in ops] + ["constant", "variable"])  # type: ignore[misc]
 
 
-# --------------------------------------------------------------------------- symbols
-
-
-def symbol_name(feature: str) -> str:
-    """The safe identifier naming a feature in sympy and generated code.
-
-    Every ``.`` becomes ``__``: ``"batch.prefill_tokens"`` →
-    ``"batch__prefill_tokens"``. :func:`feature_from_symbol` reverses it.
-
-    Parameters
-    ----------
-    feature : str
-        Feature (column) name: dot-separated segments of letters, digits and
-        ``_``.
-
-    Returns
-    -------
-    str
-        A Python identifier that is not a keyword.
-
-    Raises
-    ------
-    StepMLError
-        If the name cannot be mapped reversibly: empty, leading/trailing or
-        doubled dots, ``__`` or ``_`` next to ``.`` (ambiguous after
-        encoding), or characters that make no identifier.
-    """
-    if not isinstance(feature, str) or not feature:
-        raise StepMLError(f"feature name must be a non-empty string, got {feature!r}")
-    safe = feature.replace(".", "__")
-    if (
-        feature.startswith(".")
-        or feature.endswith(".")
-        or ".." in feature
-        or safe.replace("__", ".") != feature
-        or not safe.isascii()
-        or not safe.isidentifier()
-        or keyword.iskeyword(safe)
-    ):
-        raise StepMLError(
-            f"feature name {feature!r} cannot be a formula symbol: use dot-separated "
-            "segments of ASCII letters, digits and single '_' (no '__', no '_' next to "
-            "'.', not starting with a digit)"
-        )
-    return safe
-
-
-def feature_from_symbol(name: str | sympy.Symbol) -> str:
-    """The feature name behind a symbol made by :func:`symbol_name`.
-
-    Parameters
-    ----------
-    name : str or sympy.Symbol
-        Safe identifier, e.g. ``"batch__prefill_tokens"``.
-
-    Returns
-    -------
-    str
-        The feature name, e.g. ``"batch.prefill_tokens"``.
-
-    Raises
-    ------
-    StepMLError
-        If ``name`` is not the :func:`symbol_name` of any feature.
-    """
-    import sympy
-    text = name.name if isinstance(name, sympy.Symbol) else name
-    if not isinstance(text, str):
-        raise StepMLError(f"symbol name must be a string, got {name!r}")
-    feature = text.replace("__", ".")
-    try:
-        ok = symbol_name(feature) == text
-    except StepMLError:
-        ok = False
-    if not ok:
-        raise StepMLError(f"{text!r} is not a feature symbol name")
-    return feature
+# --------------------------------------------------------------------------- parsing names
 
 
 def _operator_aliases() -> dict[str, Operator]:
