@@ -24,9 +24,9 @@ class Candidate:
     expr : sympy.Expr
         The formula with its numeric constants in place; symbols are feature names.
     complexity : int
-        Operator-table complexity (:func:`search_spaces.operators.complexity`).
+        Operator-table complexity (:func:`search_spaces.objective.complexity`).
     loss : float
-        Training loss (mean relative error, a fraction) as the engine measured it.
+        Training loss (mean relative error, a fraction; :mod:`search_spaces.objective`) as the engine measured it.
     engine : str
     provenance : str
         Where it came from (``deap gen 12 island 1``, ``seed``, ``pysr import``…).
