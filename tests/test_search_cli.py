@@ -168,13 +168,15 @@ def test_a_run_dir_that_cannot_be_a_folder_is_refused(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
-def test_an_error_after_the_run_folder_exists_removes_it(tmp_path, monkeypatch, capsys):
+def test_an_error_after_the_run_folder_exists_removes_it(tmp_path, monkeypatch, capsys, steps_table, write_table,
+                                                       isolated_metadata):
     from discovery import pipeline
 
     def broken(*args, **kwargs):
         raise pipeline.StepMLError("engine failed")
 
     monkeypatch.setattr(pipeline, "search_problem", broken)
-    assert _run(search.main, ["--space", "linear", "--run-dir", str(tmp_path / "r"), *SMALL]) == 2
+    data = write_table(tmp_path / "steps.parquet", steps_table({"a": 40, "b": 40}))
+    assert _run(search.main, ["--space", "linear", "--data", str(data), "--run-dir", str(tmp_path / "r"), *SMALL]) == 2
     assert "engine failed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
