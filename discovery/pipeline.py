@@ -179,7 +179,8 @@ def dataset_kind_is_steps(data: str | None) -> bool:
     return data is None or shipped_colmap_for(Path(data)) is None
 
 
-def load_data(config: SearchConfig, space: "SearchSpace", echo: Echo = _quiet) -> tuple["Dataset", list["Split"], "Split"]:
+def load_data(config: SearchConfig, space: "SearchSpace",
+              echo: Echo = _quiet) -> tuple["Dataset", list["Split"], "Split"]:
     """The dataset, all splits of the spec, and the split searched (``fold``)."""
     from features.dataset import load_dataset
     from features.splits import make_splits

@@ -254,7 +254,8 @@ def _equations(candidates: list[Any]) -> pd.DataFrame:
     loss = np.array([c.loss * 100.0 for c in front], dtype=float)
     complexity = np.array([c.complexity for c in front], dtype=float)
     return pd.DataFrame({
-        "complexity": complexity.astype(int), "loss": loss, "equation": [sympy.sstr(c.expr, full_prec=False) for c in front],
+        "complexity": complexity.astype(int), "loss": loss,
+        "equation": [sympy.sstr(c.expr, full_prec=False) for c in front],
         "score": pysr_score(complexity, loss) if len(front) else [], "sympy_format": [c.expr for c in front],
         "n_constants": [c.n_constants for c in front], "engine": [c.engine for c in front],
         "provenance": [c.provenance for c in front],

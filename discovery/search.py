@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=d.budget_s,
                    help=f"wall-clock budget in seconds (default {d.budget_s:g}); a run the budget stops is not "
                         "reproducible: for that, bound it with --generations")
-    p.add_argument("--generations", type=int, default=d.generations, help=f"maximum generations (default {d.generations})")
-    p.add_argument("--population", type=int, default=d.population, help=f"population per island (default {d.population})")
+    p.add_argument("--generations", type=int, default=d.generations,
+                   help=f"maximum generations (default {d.generations})")
+    p.add_argument("--population", type=int, default=d.population,
+                   help=f"population per island (default {d.population})")
     p.add_argument("--islands", type=int, default=d.islands, help=f"islands (default {d.islands})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--early-stop", type=int, default=d.early_stop, metavar="N",

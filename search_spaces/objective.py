@@ -137,7 +137,8 @@ def violation_fraction(pairs: Iterable[tuple[np.ndarray, np.ndarray]], rtol: flo
 
 
 def constrained_loss(loss: float, violation: float, mode: str) -> float:
-    """The selection loss: ``penalise`` → loss·(1 + 10·violation); ``reject`` → inf if any violation; ``off`` → loss."""
+    """The selection loss: ``penalise`` → loss·(1 + 10·violation); ``reject`` → inf if any violation;
+    ``off`` → loss."""
     if mode == "off" or not math.isfinite(loss):
         return loss
     if mode == "reject":
