@@ -273,7 +273,8 @@ def search_problem(problem: "Problem", engines: Mapping[str, "SearchEngine"], ma
                 checkpoint(saved)
 
         with (progress(name) if progress is not None else nullcontext(None)) as report:
-            candidates.extend(engine.search(problem, mapper=mapper, progress=report, checkpoint=save,
+            candidates.extend(engine.search(problem, mapper=mapper, progress=report,
+                                            checkpoint=save if checkpoint is not None else None,
                                             resume_state=(resume or {}).get(name)))
         stats[name] = dict(getattr(engine, "stats_", {}))
     return candidates, stats
