@@ -13,9 +13,9 @@ Cases
   bytes of the expected active experts, as roofline times) fitted on each fold's training rows by
   least squares on the relative residuals.
 
-Each search is ``python -m discovery.search`` (``discovery.search.search``) with ``--engine E
+Each search is ``python -m discovery.search`` (``discovery.run_search``) with ``--engine E
 --budget B --generations 100000`` (the budget binds; DEAP may stop earlier by its early-stop rule),
-the same ``--seed``; the ``best`` front member (``discovery.review.pick_row(front, "best")``) gives
+the same ``--seed``; the ``best`` front member (``discovery.pareto.pick_row(front, "best")``) gives
 the validation and test MAPE (%) and the complexity. Ratios are DEAP / Operon of test MAPE
 (goal: ≤ 1.2). MoE goal: the best formula's mean test MAPE ≤ 12 %.
 
@@ -25,7 +25,6 @@ Usage: python benchmarks/engines_compare.py [--budgets 60,300] [--seed 0] [--cas
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,9 +34,7 @@ from _common import data_root_or_exit
 
 import numpy as np
 
-from discovery import search
-from discovery.review import front_of, pick_row
-from discovery.rundir import read_hof
+from discovery import run_search
 
 BLIS_EXPERIMENTS = ("20260217-202857-llama-2-70b-tp4-general", "20260217-203421-llama-2-70b-hf-tp4-codegen",
                     "20260218-150304-codellama-34b-tp2-general")
@@ -46,16 +43,13 @@ MOE_FILE = "kernels/aiconfigurator_h100_vllm0.24/moe_perf.parquet"
 PHYSICS = ("rl_expert_compute", "rl_expert_weights")
 
 
-def run_search(argv: list[str], out: Path) -> dict:
-    """One search; the ``best`` front member's numbers."""
-    search.search(search.build_parser().parse_args(argv + ["--run-dir", str(out), "--quiet"]), echo=lambda _s: None)
-    front = front_of(read_hof(out))
-    best = front.iloc[pick_row(front, "best")]
-    info = json.loads((out / "run.json").read_text())
-    stats = next(iter(info.get("engine_stats", {}).values()), {})
-    return {"val": float(best["val_mape"]), "test": float(best["test_mape"]), "cx": int(best["Complexity"]),
-            "equation": str(best["Equation"]), "wall": float(stats.get("wall_s", float("nan"))),
-            "generations": stats.get("generations")}
+def one_search(options: dict, out: Path) -> dict:
+    """One search (:func:`discovery.run_search` options); the ``best`` front member's numbers."""
+    result = run_search(run_dir=str(out), **options)
+    best = result.pick("best")
+    stats = next(iter(result.info.get("engine_stats", {}).values()), {})
+    return {"val": best.val_mape, "test": best.test_mape, "cx": best.complexity, "equation": best.equation,
+            "wall": float(stats.get("wall_s", float("nan"))), "generations": stats.get("generations")}
 
 
 def _line(label: str, engine: str, budget: float, r: dict) -> str:
@@ -73,10 +67,9 @@ def blis(root: Path, budgets: list[float], engines: list[str], seed: int, tmp: P
         for budget in budgets:
             res = {}
             for engine in engines:
-                argv = ["--space", "dense", "--data", str(root / BLIS_FILE), "--experiments", exp,
-                        "--target", "cycle", "--split", "temporal", "--engine", engine, "--budget", str(budget),
-                        "--generations", "100000", "--seed", str(seed)]
-                res[engine] = run_search(argv, tmp / f"blis-{exp[:15]}-{engine}-{budget:g}")
+                options = dict(space="dense", data=str(root / BLIS_FILE), experiments=exp, target="cycle",
+                               split="temporal", engine=engine, budget_s=budget, generations=100000, seed=seed)
+                res[engine] = one_search(options, tmp / f"blis-{exp[:15]}-{engine}-{budget:g}")
                 print(_line(exp, engine, budget, res[engine]), flush=True)
             rows.append((exp, budget, res))
     return rows
@@ -120,9 +113,9 @@ def moe(root: Path, budgets: list[float], engines: list[str], seed: int, folds: 
         per = {e: [] for e in engines}
         for split in splits:
             for engine in engines:
-                argv = ["--space", "moe", "--data", str(data), "--split", "logo:shape", "--fold", split.fold,
-                        "--engine", engine, "--budget", str(budget), "--generations", "100000", "--seed", str(seed)]
-                r = run_search(argv, tmp / f"moe-{split.fold}-{engine}-{budget:g}")
+                options = dict(space="moe", data=str(data), split="logo:shape", fold=split.fold, engine=engine,
+                               budget_s=budget, generations=100000, seed=seed)
+                r = one_search(options, tmp / f"moe-{split.fold}-{engine}-{budget:g}")
                 per[engine].append(r)
                 print(_line("MoE fold " + split.fold, engine, budget, r), flush=True)
         rows.append((budget, per))

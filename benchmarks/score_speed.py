@@ -2,7 +2,7 @@
 
 Candidates are random formulas over batch and KV features, evaluated with the
 operator table's vectorised evaluator and ranked by the harness's vectorised
-loss (:func:`evaluation.scorer.candidate_losses`).
+loss (:func:`search_spaces.objective.relative_error`, in %).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import sympy
 from _common import data_root_or_exit
 
-from evaluation.scorer import candidate_losses
 from features.dataset import load_dataset
-from search_spaces.operators import lambdify_formula
+from search_spaces.numeric import lambdify_formula
+from search_spaces.objective import relative_error
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     compiled = time.perf_counter() - start
     start = time.perf_counter()
     preds = np.vstack([f(X) for f in fns])
-    losses = candidate_losses(y, preds)
+    losses = np.array([relative_error(p, y) for p in preds]) * 100.0
     evaluated = time.perf_counter() - start
     total = compiled + evaluated
     print(f"rows {n}, candidates {len(exprs)}: compile {compiled:.2f} s + evaluate/score {evaluated:.2f} s "

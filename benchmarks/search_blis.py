@@ -11,15 +11,12 @@ Usage: python benchmarks/search_blis.py [--budget 120] [--seed 0] [--pooled-only
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from _common import data_root_or_exit
 
-from discovery import search
-from discovery.review import front_of, pick_row
-from discovery.rundir import read_hof
+from discovery import run_search
 from evaluation.baselines import fit_baseline
 from evaluation.scorer import score
 from features.dataset import load_dataset
@@ -30,20 +27,15 @@ EXPERIMENTS = ("20260217-202857-llama-2-70b-tp4-general", "20260217-203421-llama
 
 
 def run_one(data: Path, experiments: list[str], budget: float, seed: int, out: Path) -> dict:
-    argv = ["--space", "dense", "--data", str(data), "--experiments", ",".join(experiments), "--budget", str(budget),
-            "--generations", "1000", "--seed", str(seed), "--run-dir", str(out), "--quiet"]
-    search.search(search.build_parser().parse_args(argv), echo=lambda _s: None)
-    front = front_of(read_hof(out))
-    best = front.iloc[pick_row(front, "best")]
-    info = json.loads((out / "run.json").read_text())
+    result = run_search(space="dense", data=str(data), experiments=",".join(experiments), budget_s=budget,
+                        generations=1000, seed=seed, run_dir=str(out))
+    best = result.pick("best")
     dataset = load_dataset(data, experiments=experiments)
     split = make_splits(dataset.frame, "temporal")[0]
     gbt = score(fit_baseline("gbt", dataset, split.train), dataset, split)
     from evaluation.predictors import FormulaPredictor
-    from discovery.rundir import expr_of
-
-    card = score(FormulaPredictor(expr_of(best), tuple(dataset.feature_names())), dataset, split)
-    stats = info.get("engine_stats", {}).get("deap", {})
+    card = score(FormulaPredictor(best.expression(), tuple(dataset.feature_names())), dataset, split)
+    stats = result.info.get("engine_stats", {}).get("deap", {})
     return {"best": best, "card": card, "gbt": gbt, "stats": stats}
 
 
@@ -65,8 +57,8 @@ def main() -> None:
             f = res["card"].groups[("test", "experiment_id")][exp]["mape"]
             g = res["gbt"].groups[("test", "experiment_id")][exp]["mape"]
             label = ("pooled: " if pooled else "") + exp
-            print(f"{label[:46]:<46} {int(res['best']['Complexity']):>3} {f:>13.2f} {g:>9.2f} {f / g:>6.2f} "
-                  f"{res['stats'].get('node_evals_per_s', float('nan')):>13.3g}  {res['best']['Equation']}")
+            print(f"{label[:46]:<46} {int(res['best'].complexity):>3} {f:>13.2f} {g:>9.2f} {f / g:>6.2f} "
+                  f"{res['stats'].get('node_evals_per_s', float('nan')):>13.3g}  {res['best'].equation}")
     print(f"runs kept in {tmp}")
 
 

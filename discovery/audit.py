@@ -418,7 +418,7 @@ def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:
     doc, predictor = load_artifact(export_dir)
     check_artifact(doc, export_dir / "artifact.json")
     read_test_vectors(export_dir / "test_vectors.csv", [f["name"] for f in doc["features"]])  # before the slow part
-    dataset, split = run_data(doc)
+    dataset, split = run_data(doc, export_dir)
     inv = invariants(export_dir, doc, predictor, dataset, split)
     comp = comparison(predictor, dataset, split, seed=int(doc.get("seed") or 0))
     beyond = outside_range(predictor, dataset, split)

@@ -120,7 +120,8 @@ class ParamFormula:
 
     def __init__(self, expr: sympy.Expr) -> None:
         from discovery.formula import constants_of
-        from search_spaces.operators import lambdify_formula, symbol_name
+        from search_spaces.numeric import lambdify_formula
+        from search_spaces.symbols import symbol_name
 
         self.expr = expr
         self.features = tuple(sorted(str(s) for s in expr.free_symbols))
@@ -407,7 +408,7 @@ def artifact_document(result: CalibrationResult, name: str, source: str, experim
     """The calibrated formula as a ``stepml-artifact/1`` document (features over canonical columns, not baked)."""
     from discovery.formula import ARTIFACT_SCHEMA
     from features.io import json_safe
-    from search_spaces.operators import complexity
+    from search_spaces.objective import complexity
 
     expr = result.expr
     used = sorted(str(s) for s in expr.free_symbols)
@@ -457,7 +458,7 @@ def load_formula(spec: str) -> tuple[sympy.Expr, str]:
         return predictor.expr, f"artifact {doc.get('name', path)}"
     if not (path / "hall_of_fame.csv").is_file():
         raise StepMLError(f"formula not found: {spec} (a run directory[:ROW] or an artifact)")
-    from discovery.review import front_of, pick_row
+    from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof
 
     front = front_of(read_hof(path))

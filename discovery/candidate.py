@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,9 @@ class Candidate:
     expr : sympy.Expr
         The formula with its numeric constants in place; symbols are feature names.
     complexity : int
-        Operator-table complexity (:func:`search_spaces.operators.complexity`).
+        Operator-table complexity (:func:`search_spaces.objective.complexity`).
     loss : float
-        Training loss (mean relative error, a fraction) as the engine measured it.
+        Training loss (mean relative error, a fraction; :mod:`search_spaces.objective`) as the engine measured it.
     engine : str
     provenance : str
         Where it came from (``deap gen 12 island 1``, ``seed``, ``pysr import``…).
@@ -48,6 +49,34 @@ class Candidate:
     def key(self) -> str:
         """A canonical string of the formula (deduplication key)."""
         return sympy.srepr(self.expr)
+
+
+def count_constants(expr: sympy.Expr) -> int:
+    """Numeric constants (Floats) of a formula, counted over its tree."""
+    return sum(1 for node in sympy.preorder_traversal(expr) if isinstance(node, sympy.Float))
+
+
+def tidy(expr: sympy.Expr) -> sympy.Expr:
+    """A formula read from an engine's text: ``Abs(Abs(x))`` folded (``sqrt(abs(x))`` printed by Operon or
+    PySR parses to the table's ``sqrt`` of ``Abs``) and every number rounded to float64."""
+    expr = expr.replace(lambda e: isinstance(e, sympy.Abs) and isinstance(e.args[0], sympy.Abs),
+                        lambda e: e.args[0])
+    return expr.xreplace({f: sympy.Float(float(f)) for f in expr.atoms(sympy.Float)})
+
+
+def formula_candidates(exprs: Iterable[sympy.Expr], problem: "Problem", engine: str,
+                       provenance: str) -> list[Candidate]:
+    """Finished formulas (an engine's output, a PySR import) as candidates on ``problem``: loss by the shared
+    objective (training mean relative error with the probe penalty), complexity from the table."""
+    from search_spaces.objective import Objective, complexity
+    from search_spaces.numeric import lambdify_formula
+
+    objective = Objective(problem)
+    out = []
+    for expr in exprs:
+        loss, _, _ = objective.formula_loss(lambdify_formula(expr, problem.features))
+        out.append(Candidate(expr, int(complexity(expr)), float(loss), engine, provenance, count_constants(expr)))
+    return out
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,10 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
            round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
     """Export one front member of a run; return the output folder."""
     from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
-    from discovery.review import front_of, pick_row
+    from features.splits import save_splits
+    from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof, read_run_json
-    from search_spaces.operators import complexity
+    from search_spaces.objective import complexity
 
     from features.io import check_writable_dir
 
@@ -175,7 +176,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     if (out_dir / "artifact.json").exists():
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
     original = expr_of(row)
-    dataset, split = run_data(info)
+    dataset, split = run_data(info, run_dir)
 
     expr = fold_constant_features(simplify(original), dataset)
     used = sorted(str(s) for s in expr.free_symbols)
@@ -216,6 +217,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     }
     doc = json_safe(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
+    doc["split_file"] = save_splits([split], out_dir).name  # the audit scores on exactly this split
     atomic_write_text(out_dir / "formula.py", python_source(expr, used, name, doc))
     atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))
     checks = _write_compiled(out_dir, expr, used, defs, dataset, split, go_reason)
@@ -240,7 +242,7 @@ def check_positive(expr: sympy.Expr, used: Sequence[str], dataset) -> None:
     complex-valued (NaN) time for a row of its own data (the non-empty batches)
     would hand a simulator nonsense, so it is not exported.
     """
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     frame = dataset.frame
     rows = (frame["batch.scheduled_tokens"].to_numpy() > 0 if "batch.scheduled_tokens" in frame.columns
@@ -294,7 +296,7 @@ def _go_refusal(defs: dict[str, sympy.Expr]) -> str | None:
 
 
 def _test_vectors(expr, used, dataset, split, n: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     rng = np.random.default_rng(0)
     rows = np.sort(rng.choice(split.val, size=min(n, len(split.val)), replace=False))
@@ -338,7 +340,7 @@ def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tu
     """Random request batches (plus the empty batch) and the Python reference step times."""
     from discovery.formula import evaluate_on_columns
     from features.aggregates import batch_aggregates
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     rng = np.random.default_rng(1)
     batches = [(np.zeros(0), np.zeros(0), np.zeros(0))]

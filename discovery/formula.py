@@ -1,6 +1,6 @@
 """Operations on a chosen formula shared by export, audit and replay.
 
-- reload the data and split a run was searched on (:func:`run_data`);
+- reload the data a run was searched on and the split it saved (:func:`run_data`);
 - simplify, refit constants on the training part, round constants;
 - bake the per-experiment constant columns (architecture, hardware) into each
   used feature's definition, giving features over per-step batch columns only;
@@ -23,22 +23,61 @@ from features.splits import Split
 ARTIFACT_SCHEMA = "stepml-artifact/1"
 
 
-def run_data(info: Mapping[str, Any]) -> tuple[Dataset, Split]:
-    """The dataset and split a run (``run.json``) or artifact was built on."""
-    from features.dataset import load_dataset
-    from features.splits import make_splits
+def run_data(info: Mapping[str, Any], folder: str | Path) -> tuple[Dataset, Split]:
+    """The dataset and the split a run (``run.json``) or an artifact was built on.
 
-    data = info.get("data_path")
-    target = info.get("target")
-    dataset = load_dataset(data, target, max_gap=int(info.get("max_gap", 10)), colmap=info.get("colmap"),
-                           experiments=info.get("experiments"))
+    The data is loaded again (and must hash as it did); the split is the one
+    the search saved beside the run (``folder``: the run directory, or the export
+    folder, which holds a copy), never recomputed.
+
+    Raises
+    ------
+    StepMLError
+        When the data changed, or the saved split indices are missing or do not
+        match the run (other data, spec or fold).
+    """
+    from features.dataset import load_dataset
+    from features.targets import DEFAULT_MAX_GAP
+
+    dataset = load_dataset(info.get("data_path"), info.get("target"), max_gap=int(info.get("max_gap", DEFAULT_MAX_GAP)),
+                           colmap=info.get("colmap"), experiments=info.get("experiments"))
     if info.get("data_hash") and dataset.content_hash() != info["data_hash"]:
         raise StepMLError(f"the data at {dataset.label} changed since the run (hash {dataset.content_hash()} "
                           f"vs {info['data_hash']})")
-    splits = make_splits(dataset.frame, info.get("split", "temporal"), dataset.content_hash())
-    fold = info.get("fold") or ""
-    chosen = [s for s in splits if s.fold == fold] or splits[:1]
-    return dataset, chosen[0]
+    return dataset, saved_split(folder, info, len(dataset.frame))
+
+
+def saved_split(folder: str | Path, info: Mapping[str, Any], n_rows: int) -> Split:
+    """The split (and fold) recorded in ``info``, read from the index file saved in ``folder``."""
+    from features.splits import load_splits
+
+    folder = Path(folder)
+    spec, data_hash, fold = info.get("split"), info.get("data_hash") or "", info.get("fold") or ""
+    if not isinstance(spec, str):
+        raise StepMLError(f"{folder}: the run records no split")
+    named = info.get("split_file")
+    plain = isinstance(named, str) and named not in ("", ".", "..") and Path(named).name == named
+    candidates = [folder / named] if plain else sorted(folder.glob("*.npz"))  # type: ignore[operator]
+    matching = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        splits = load_splits(path)
+        if splits and splits[0].spec == spec and splits[0].data_hash == data_hash:
+            matching = splits
+            break
+    if not matching:
+        raise StepMLError(f"{folder}: no saved split indices for split '{spec}' of data {data_hash or '?'} "
+                          "(the run's .npz file is missing or belongs to other data); run the search again")
+    chosen = [s for s in matching if s.fold == fold]
+    if not chosen:
+        raise StepMLError(f"{folder}: the saved split '{spec}' has no fold '{fold}' "
+                          f"(saved: {', '.join(s.fold or '-' for s in matching)})")
+    split = chosen[0]
+    biggest = max((int(p.max()) for p in (split.train, split.val, split.test) if len(p)), default=-1)
+    if biggest >= n_rows:
+        raise StepMLError(f"{folder}: the saved split indexes row {biggest}, but the data has {n_rows} rows")
+    return split
 
 
 def constants_of(expr: sympy.Expr) -> list[sympy.Float]:
@@ -48,7 +87,7 @@ def constants_of(expr: sympy.Expr) -> list[sympy.Float]:
 
 def simplify(expr: sympy.Expr) -> sympy.Expr:
     """``sympy.simplify`` when it does not make the formula more complex."""
-    from search_spaces.operators import complexity
+    from search_spaces.objective import complexity
 
     try:
         simpler = sympy.simplify(expr)
@@ -58,21 +97,20 @@ def simplify(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _mape(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> float:
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
+    from search_spaces.objective import relative_error
 
     names = sorted(str(s) for s in expr.free_symbols)
     with np.errstate(all="ignore"):
         pred = lambdify_formula(expr, names)({k: X[k] for k in names}) if names else np.full(len(y), float(expr))
-    if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
-        return float("inf")
-    return float(np.mean(np.abs(pred - y) / y) * 100)
+    return relative_error(pred, y) * 100
 
 
 def refit_constants(expr: sympy.Expr, X: Mapping[str, np.ndarray], y: np.ndarray) -> sympy.Expr:
     """Refit the numeric constants on training rows (relative error); keep the fit only if MAPE improves."""
     from scipy.optimize import least_squares
 
-    from search_spaces.operators import lambdify_formula
+    from search_spaces.numeric import lambdify_formula
 
     consts = constants_of(expr)
     if not consts:
@@ -133,7 +171,8 @@ def baked_definitions(features: Sequence[str], dataset: Dataset) -> tuple[dict[s
 def evaluate_on_columns(expr: sympy.Expr, columns: Mapping[str, object], n: int | None = None) -> np.ndarray:
     """Evaluate an expression over canonical-column symbols (dotted names) with protected operators."""
     from evaluation.predictors import n_rows
-    from search_spaces.operators import lambdify_formula, symbol_name
+    from search_spaces.numeric import lambdify_formula
+    from search_spaces.operators import symbol_name
 
     n = n_rows(columns) if n is None else n
     cols = sorted(s.name for s in expr.free_symbols)
@@ -161,7 +200,7 @@ class ArtifactPredictor:
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
         """Evaluate the exported formula on canonical columns (one step or many)."""
         from evaluation.predictors import n_rows
-        from search_spaces.operators import lambdify_formula
+        from search_spaces.numeric import lambdify_formula
 
         n = n_rows(columns)
         with np.errstate(all="ignore"):

@@ -1,7 +1,8 @@
-"""Pareto front, PySR's score, and the selections ``best``, ``accuracy`` and ``knee``.
+"""PySR's score and the selections ``best``, ``accuracy`` and ``knee`` over a front.
 
-Pure functions over arrays, shared by search (writing the hall of fame), review
-and export (``--pick``).
+Pure functions over arrays and over a run's hall-of-fame table, shared by search
+(writing the hall of fame), review, export (``--pick``) and replay (``RUN_DIR:ROW``). The front itself is
+:func:`search_spaces.objective.pareto_mask`.
 """
 from __future__ import annotations
 
@@ -9,24 +10,11 @@ import math
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from features.errors import StepMLError
 
 SELECTIONS = ("best", "accuracy", "knee", "score")
-
-
-def pareto_mask(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
-    """True for rows not dominated in (complexity, loss); ties keep the first row."""
-    c = np.asarray(complexity, dtype=float)
-    l = np.asarray(loss, dtype=float)
-    order = np.lexsort((np.arange(len(c)), l, c))
-    keep = np.zeros(len(c), dtype=bool)
-    best = math.inf
-    for i in order:
-        if np.isfinite(l[i]) and l[i] < best:
-            keep[i] = True
-            best = l[i]
-    return keep
 
 
 def pysr_score(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
@@ -82,3 +70,30 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float]) -> int
         dist = np.abs(dy * (x - x[a]) - dx * (y - y[a])) / norm
         return int(np.argmax(np.where(finite, dist, -np.inf)))
     raise StepMLError(f"unknown selection '{kind}'; valid: {', '.join(SELECTIONS)} or a row number")
+
+
+# =============================================================================== hall-of-fame tables
+
+
+def front_of(hof: pd.DataFrame) -> pd.DataFrame:
+    """The front rows (``front`` column; all rows when absent), sorted by complexity."""
+    front = hof[hof["front"].astype(str).str.lower() == "true"] if "front" in hof.columns else hof
+    if front.empty:
+        raise StepMLError("the run's hall of fame has no front rows")
+    return front.sort_values(["Complexity"], kind="stable").reset_index(drop=True)
+
+
+def loss_column(front: pd.DataFrame) -> str:
+    """Validation MAPE when present (selection uses validation only), else PySR's Loss."""
+    return "val_mape" if "val_mape" in front.columns and front["val_mape"].notna().any() else "Loss"
+
+
+def pick_row(front: pd.DataFrame, pick: str) -> int:
+    """``best|accuracy|knee|score`` or a row number of the front."""
+    if pick.isdigit():
+        k = int(pick)
+        if not 0 <= k < len(front):
+            raise StepMLError(f"--pick {k}: the front has rows 0..{len(front) - 1}")
+        return k
+    col = loss_column(front)
+    return select(pick, front["Complexity"].to_numpy(float), front[col].to_numpy(float))

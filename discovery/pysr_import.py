@@ -67,7 +67,7 @@ class PySRTable:
     """A PySR hall of fame read and parsed (see :func:`read_pysr_table`)."""
 
     def __init__(self, source: Path, frame: "pd.DataFrame", features: Sequence[str]) -> None:
-        from discovery.engines.operon_engine import _tidy
+        from discovery.candidate import tidy
         from search_spaces.operators import parse_formula
 
         self.source = source
@@ -79,25 +79,17 @@ class PySRTable:
             if not text.strip():
                 raise StepMLError(f"{source}: row {i + 1}: empty equation")
             try:
-                self.exprs.append(_tidy(parse_formula(text, self.features)))
+                self.exprs.append(tidy(parse_formula(text, self.features)))
             except StepMLError as exc:
                 raise StepMLError(f"{source}: row {i + 1} (Complexity {row['Complexity']}): {exc}") from None
 
     def candidates(self, problem: "Problem", provenance: str | None = None) -> list["Candidate"]:
         """The equations as candidates of engine ``pysr`` on ``problem`` (every row kept)."""
-        from discovery.candidate import Candidate
-        from discovery.engines.operon_engine import TrainingScorer, _n_constants
-        from search_spaces.operators import complexity, lambdify_formula
+        from discovery.candidate import formula_candidates
 
         if tuple(problem.features) != self.features:
             raise StepMLError("the problem's features differ from those the PySR equations were parsed with")
-        scorer = TrainingScorer(problem)
-        prov = provenance or f"pysr import {self.source}"
-        out = []
-        for expr in self.exprs:
-            loss, _, _ = scorer.loss(lambdify_formula(expr, problem.features))
-            out.append(Candidate(expr, int(complexity(expr)), float(loss), "pysr", prov, _n_constants(expr)))
-        return out
+        return formula_candidates(self.exprs, problem, "pysr", provenance or f"pysr import {self.source}")
 
     def stats(self) -> dict[str, object]:
         """What the import did, for ``run.json``."""

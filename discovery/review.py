@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from discovery.pareto import select
+from discovery.pareto import front_of, loss_column, pick_row, select
 from discovery.rundir import expr_of, latest_run, read_hof, read_run_json
 from features.cli import run
 from features.errors import StepMLError
@@ -22,19 +22,6 @@ from features.io import atomic_write_bytes, atomic_write_text
 
 MARKS = ("best", "accuracy", "knee")
 REPLAY_COLUMNS = ("e2e_err", "ttft_err", "itl_err")
-
-
-def front_of(hof: pd.DataFrame) -> pd.DataFrame:
-    """The front rows (``front`` column; all rows when absent), sorted by complexity."""
-    front = hof[hof["front"].astype(str).str.lower() == "true"] if "front" in hof.columns else hof
-    if front.empty:
-        raise StepMLError("the run's hall of fame has no front rows")
-    return front.sort_values(["Complexity"], kind="stable").reset_index(drop=True)
-
-
-def loss_column(front: pd.DataFrame) -> str:
-    """Validation MAPE when present (selection uses validation only), else PySR's Loss."""
-    return "val_mape" if "val_mape" in front.columns and front["val_mape"].notna().any() else "Loss"
 
 
 def selections(front: pd.DataFrame) -> dict[str, int]:
@@ -80,17 +67,6 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     return out
 
 
-def pick_row(front: pd.DataFrame, pick: str) -> int:
-    """``best|accuracy|knee|score`` or a row number of the front."""
-    if pick.isdigit():
-        k = int(pick)
-        if not 0 <= k < len(front):
-            raise StepMLError(f"--pick {k}: the front has rows 0..{len(front) - 1}")
-        return k
-    col = loss_column(front)
-    return select(pick, front["Complexity"].to_numpy(float), front[col].to_numpy(float))
-
-
 def front_table(front: pd.DataFrame, marks: dict[str, int]) -> str:
     """Text table of the front with selection marks (and replay errors when present)."""
     tags = {i: ",".join(k for k, v in marks.items() if v == i) for i in range(len(front))}
@@ -98,7 +74,7 @@ def front_table(front: pd.DataFrame, marks: dict[str, int]) -> str:
     lines = [f"{'row':>3} {'cx':>3} {'train%':>7} {'val%':>7} {'test%':>7} {'score':>6} "
              + "".join(f"{c.replace('_err', '%'):>7} " for c in replay) + f"{'engine':<7} {'selected':<20} formula"]
     for i, r in front.iterrows():
-        lines.append(f"{i:>3} {int(r['Complexity']):>3} {float(r['Loss']) * 100:>7.2f} "
+        lines.append(f"{i:>3} {int(r['Complexity']):>3} {float(r['Loss']):>7.2f} "
                      f"{float(r.get('val_mape', np.nan)):>7.2f} {float(r.get('test_mape', np.nan)):>7.2f} "
                      f"{float(r.get('score', np.nan)):>6.3f} " + "".join(f"{float(r[c]):>7.2f} " for c in replay)
                      + f"{str(r.get('engine', '')):<7} {tags[i]:<20} {r['Equation']}")
@@ -159,7 +135,7 @@ def report_md(run_dir: Path, info: dict, front: pd.DataFrame, marks: dict[str, i
              "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(replay) + "---|---|"]
     for i, r in front.iterrows():
         tag = ", ".join(k for k, v in marks.items() if v == i)
-        lines.append(f"| {i} | {int(r['Complexity'])} | {float(r['Loss']) * 100:.2f} | {float(r.get('val_mape', np.nan)):.2f} "
+        lines.append(f"| {i} | {int(r['Complexity'])} | {float(r['Loss']):.2f} | {float(r.get('val_mape', np.nan)):.2f} "
                      f"| {float(r.get('test_mape', np.nan)):.2f} | {float(r.get('score', np.nan)):.3f} | "
                      + "".join(f"{float(r[c]):.2f} | " for c in replay) + f"{tag} | `{r['Equation']}` |")
     lines += ["", "Selections use the validation part only; test MAPE is reported, never used to choose."]

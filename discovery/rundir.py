@@ -1,10 +1,29 @@
-"""Run directories: ``results/<run-id>/`` with ``hall_of_fame.csv``, ``run.json`` and a checkpoint.
+"""Run directories: ``results/<run-id>/`` with ``hall_of_fame.csv``, ``run.json``, splits and a checkpoint.
 
 Every file is written atomically. ``hall_of_fame.csv`` starts with PySR's
 columns (``Complexity,Loss,Equation``) so PySR users read it as they would
-PySR's, then ``score, val_mape, test_mape, mspe, n_constants, sympy, engine``
-and ``front, provenance``. Rows are sorted by complexity, then validation MAPE,
-then equation; floats are written with ``repr`` so equal runs give equal bytes.
+PySR's, then the rest; one row per distinct candidate:
+
+``Complexity``   operator-table complexity (:func:`search_spaces.objective.complexity`)
+``Loss``         the search loss on the training part, **in percent**: mean relative
+                 error ×100 (weighted for ``relative_weighted`` spaces), times
+                 ``1 + 10·violation`` in ``penalise`` spaces
+                 (:mod:`search_spaces.objective`)
+``Equation``     the formula (sympy's ``sstr``)
+``score``        PySR's score along the validation front (empty off the front)
+``val_mape``     validation MAPE, percent (selection uses only this)
+``test_mape``    test MAPE, percent (reported, never used to choose)
+``mspe``         validation mean signed percentage error, percent
+``n_constants``  numeric constants in the formula
+``sympy``        the exact formula (``sympy.srepr``; read back with the whitelist parser)
+``engine``       ``deap``, ``operon`` or ``pysr``
+``front``        ``true`` on the non-dominated set in (complexity, val_mape)
+``provenance``   where it came from (``deap gen 12 island 1``, ``seed``, ``pysr import …``)
+
+Every error column is a percentage. Runs written before ``run.json`` carried
+``"loss_unit": "percent"`` stored ``Loss`` as a fraction; :func:`read_hof`
+converts them. Rows are sorted by complexity, then validation MAPE, then
+equation; floats are written with ``repr`` so equal runs give equal bytes.
 """
 from __future__ import annotations
 
@@ -12,18 +31,22 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import sympy
 
 from features.errors import StepMLError
 from features.io import atomic_write_json, atomic_write_text
 
+if TYPE_CHECKING:
+    import pandas as pd
+    import sympy
+
 HOF_COLUMNS = ("Complexity", "Loss", "Equation", "score", "val_mape", "test_mape", "mspe", "n_constants",
                "sympy", "engine", "front", "provenance")
 RESULTS_DIR = Path("results")
+#: ``run.json`` key and value recording that ``Loss`` is a percentage (older runs: a fraction).
+LOSS_UNIT = ("loss_unit", "percent")
 CHECKPOINT = "checkpoint.json"
 #: The pickle checkpoint of earlier versions: never loaded (unpickling runs code).
 LEGACY_CHECKPOINT = "checkpoint.pkl"
@@ -45,6 +68,10 @@ class HofRow:
     engine: str
     front: bool
     provenance: str
+
+    def expression(self) -> "sympy.Expr":
+        """The exact formula (from the ``sympy`` column, read with the whitelist parser)."""
+        return expr_of({"sympy": self.sympy, "Equation": self.equation})  # type: ignore[arg-type]
 
 
 def _fmt(value: Any) -> str:
@@ -73,15 +100,18 @@ def write_hof(run_dir: Path, rows: list[HofRow]) -> Path:
     return atomic_write_text(run_dir / "hall_of_fame.csv", hof_csv(rows))
 
 
-def read_hof(run_dir: Path) -> pd.DataFrame:
-    """Read a run's hall of fame; a missing, truncated or malformed file is a one-line error.
+def read_hof(run_dir: Path) -> "pd.DataFrame":
+    """Read a run's hall of fame; a missing, truncated or malformed file is a one-line error; ``Loss`` in percent.
 
     Checked: the file ends with a newline (every writer, ours and PySR's, ends
     it so; a file cut mid-row does not), every row has every column,
     ``Complexity`` holds whole numbers >= 0, ``Loss`` and the metric columns hold
     numbers (empty, ``inf`` or ``nan`` allowed for the metrics), ``Equation`` is
-    never empty.
+    never empty. A run of an earlier version (no ``loss_unit`` in ``run.json``)
+    had ``Loss`` as a fraction; it is converted.
     """
+    import pandas as pd
+
     path = Path(run_dir) / "hall_of_fame.csv"
     if not path.is_file():
         raise StepMLError(f"{run_dir}: no hall_of_fame.csv (not a run directory?)")
@@ -133,6 +163,11 @@ def read_hof(run_dir: Path) -> pd.DataFrame:
             first = int(np.flatnonzero(~flags.isin(["true", "false", "1", "0", "1.0", "0.0"]))[0])
             raise StepMLError(f"{path}: front of row {first + 1} is {table['front'].iloc[first]!r}, not true/false")
         out["front"] = flags.isin(["true", "1", "1.0"])
+    info_path = Path(run_dir) / "run.json"
+    if info_path.is_file():
+        info = read_run_json(run_dir)
+        if info.get(LOSS_UNIT[0]) != LOSS_UNIT[1]:  # a run of an earlier version: Loss was a fraction
+            out["Loss"] = out["Loss"] * 100.0
     return out
 
 
@@ -150,7 +185,7 @@ def _short_rows(text: str, width: int) -> int | None:
     return None
 
 
-def expr_of(row: pd.Series) -> sympy.Expr:
+def expr_of(row: "pd.Series") -> "sympy.Expr":
     """The sympy expression of a hall-of-fame row (exact, from its ``sympy`` srepr column).
 
     The text is read with the whitelist parser

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +42,7 @@ import pandas as pd
 from evaluation.predictors import feature_matrix, n_rows
 from features import catalog
 from features.errors import StepMLError
+from features.registry import Registry
 
 BLACKBOX_FEATURES = ("prefill_tokens", "decode_tokens")
 ROOFLINE_COMPUTE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute")
@@ -266,7 +266,7 @@ def _tree_features(frame: pd.DataFrame) -> tuple[str, ...]:
 
 
 #: CLI name → factory of an unfitted baseline.
-BASELINES: Mapping[str, Callable[[], Any]] = MappingProxyType({
+BASELINES: Registry[Callable[[], Any]] = Registry("baseline", lambda: {
     "naive": NaiveMean,
     "blackbox": lambda: LinearBaseline(BLACKBOX_FEATURES, None, "blackbox"),
     "blackbox-per-exp": lambda: LinearBaseline(BLACKBOX_FEATURES, "experiment_id", "blackbox-per-exp"),
@@ -279,9 +279,7 @@ BASELINES: Mapping[str, Callable[[], Any]] = MappingProxyType({
 
 def make_baseline(name: str) -> Any:
     """An unfitted baseline by CLI name; an unknown name lists the valid ones."""
-    if name not in BASELINES:
-        raise StepMLError(f"unknown baseline '{name}'; valid: {', '.join(BASELINES)}")
-    return BASELINES[name]()
+    return BASELINES.get(name)()
 
 
 def fit_baseline(name: str, dataset: Any, rows: np.ndarray, weighted: bool = False) -> Any:

@@ -60,7 +60,7 @@ class FormulaPredictor:
     _fn: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from search_spaces.operators import lambdify_formula
+        from search_spaces.numeric import lambdify_formula
 
         used = tuple(f for f in self.features if sympy.Symbol(_sym(f)) in self.expr.free_symbols)
         object.__setattr__(self, "features", used)
@@ -185,7 +185,7 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     run_dir = Path(path_part)
     if not run_dir.is_dir():
         raise StepMLError(f"predictor not found: {path_part} (expected RUN_DIR[:ROW] or baseline:NAME)")
-    from discovery.review import front_of, pick_row
+    from discovery.pareto import front_of, pick_row
     from discovery.rundir import expr_of, read_hof
 
     front = front_of(read_hof(run_dir))

@@ -6,7 +6,8 @@ errors on the train, validation and test parts, overall and per group
 the validation part only; the test part is reported, never used to choose.
 
 Bad predictions (NaN, infinite, ≤ 0) are counted and reported, never a crash;
-for ranking they make the loss infinite (:func:`candidate_losses`).
+for ranking they make the loss infinite
+(:func:`search_spaces.objective.relative_error`).
 """
 from __future__ import annotations
 
@@ -98,37 +99,6 @@ def score(predictor: Predictor, dataset: Dataset, split: Split, ci: bool = False
     pred = predict_safely(predictor, dataset.frame)
     return score_predictions(pred, dataset, split, getattr(predictor, "name", "predictor"), ci=ci, seed=seed,
                              weighted=weighted)
-
-
-def candidate_losses(y: np.ndarray, predictions: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Vectorised MAPE (%) of many candidates at once.
-
-    Parameters
-    ----------
-    y : (n,) array
-        Targets (must be finite and > 0; the dataset guarantees it).
-    predictions : (m, n) array
-        One row per candidate.
-    weights : (n,) array, optional
-
-    Returns
-    -------
-    (m,) array
-        MAPE per candidate; ``inf`` for a candidate with any NaN, infinite or
-        non-positive prediction.
-    """
-    p = np.atleast_2d(np.asarray(predictions, dtype=float))
-    y = np.asarray(y, dtype=float)
-    with np.errstate(all="ignore"):
-        ape = np.abs(p - y) / y
-        if weights is None:
-            loss = ape.mean(axis=1) * 100.0
-        else:
-            w = np.asarray(weights, dtype=float)
-            loss = (ape @ w) / w.sum() * 100.0
-    bad = ~np.isfinite(p).all(axis=1) | (p <= 0).any(axis=1)
-    loss[bad | ~np.isfinite(loss)] = np.inf
-    return loss
 
 
 def scorecard_rows(card: ScoreCard, part: str = "test", column: str = "experiment_id") -> list[dict[str, Any]]:

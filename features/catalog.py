@@ -22,13 +22,13 @@ hardware's peak rates, collective and layer counts, and the roofline lower bound
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from features.errors import StepMLError
+from features.registry import Registry
 
 if TYPE_CHECKING:
     import sympy
@@ -211,23 +211,17 @@ def _declare() -> tuple[Feature, ...]:
     )
 
 
-_REGISTRY: dict[str, Feature] | None = None
+FEATURES: Registry[Feature] = Registry("feature", lambda: ((f.name, f) for f in _declare()))
 
 
 def registry() -> Mapping[str, Feature]:
     """All declared features by name (built on first use)."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = {f.name: f for f in _declare()}
-    return MappingProxyType(_REGISTRY)
+    return FEATURES
 
 
 def get_feature(name: str) -> Feature:
     """Look a feature up by name; an unknown name lists the valid ones."""
-    reg = registry()
-    if name not in reg:
-        raise StepMLError(f"unknown feature '{name}'; valid: {', '.join(reg)}")
-    return reg[name]
+    return FEATURES.get(name)
 
 
 def available_features(columns: Iterable[str], allow: Iterable[str] = ("simulator", "trace")) -> list[Feature]:

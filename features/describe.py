@@ -15,6 +15,7 @@ from features import catalog
 from features.cli import run
 from features.dataset import Dataset, load_dataset
 from features.io import json_safe
+from features.targets import DEFAULT_MAX_GAP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cycle (default for steps), duration, or any numeric column (mapped or raw)")
     parser.add_argument("--colmap", default=None, type=_colmap_arg,
                         help="column map for other tables: a shipped name or a .toml path")
-    parser.add_argument("--max-gap", type=int, default=10, help="largest step-id gap for the cycle target (default 10)")
+    parser.add_argument("--max-gap", type=int, default=DEFAULT_MAX_GAP,
+                        help=f"largest step-id gap for the cycle target (default {DEFAULT_MAX_GAP})")
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSON lines")
     parser.add_argument("--experiments", default=None, help="comma-separated experiment ids to keep (default: all)")
 

@@ -8,9 +8,14 @@ Each :class:`Operator` carries
 
 * a vectorised **numpy** implementation (what DEAP evaluates during search),
 * a **sympy** builder (what export and :func:`parse_formula` produce),
-* a **complexity** weight (what :func:`complexity` and PySR's
+* a **complexity** weight (what :func:`search_spaces.objective.complexity` and PySR's
   ``complexity_of_operators`` charge for one node),
-* the **PySR** and **Operon** spellings of the same primitive.
+* the **PySR** and **Operon** spellings of the same primitive,
+* a **match** of its sympy form, how :mod:`search_spaces.prefix` reads sympy
+  back into table operators (the canonical prefix form every engine uses).
+
+Adding an operator is one row here plus its spelling in the printers
+(:mod:`discovery.printers`).
 
 Protected operators
 -------------------
@@ -25,7 +30,7 @@ they never return NaN or ±inf.
     where the quotient of finite inputs would overflow. Dividing by a
     vanishing denominator thus acts as dividing by 1. The sympy form is plain
     ``a / b``: the two agree wherever ``|b| >= DIV_EPS`` and the quotient is
-    finite, and :func:`lambdify_formula` evaluates divisions with this same
+    finite, and :func:`search_spaces.numeric.lambdify_formula` evaluates divisions with this same
     rule.
 ``sqrt(x)``
     ``sqrt(|x|)``; sympy ``sqrt(Abs(x))``.
@@ -57,13 +62,12 @@ Feature names and symbols
 -------------------------
 Feature names contain dots (``batch.prefill_tokens``) and are not Python
 identifiers, so sympy symbols are named with :func:`symbol_name`
-(``batch__prefill_tokens``), reversed by :func:`feature_from_symbol`. Pass
+(``batch__prefill_tokens``), reversed by :func:`feature_from_symbol` (both in
+:mod:`search_spaces.symbols`, imported here). Pass
 ``[symbol_name(f) for f in features]`` as PySR's ``variable_names``.
 """
 from __future__ import annotations
 
-import functools
-import keyword
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -71,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from features.errors import StepMLError
+from search_spaces.symbols import feature_from_symbol, symbol_name
 
 if TYPE_CHECKING:  # sympy is imported on first use: search workers need only numpy
     import sympy
@@ -80,10 +85,8 @@ __all__ = [
     "FALLBACK_COMPLEXITY",
     "OPERATORS",
     "Operator",
-    "complexity",
     "feature_from_symbol",
     "get_operator",
-    "lambdify_formula",
     "operon_symbols",
     "parse_formula",
     "pysr_options",
@@ -126,6 +129,13 @@ class Operator:
         express the operator exactly.
     description : str
         One line for tables and ``--help``.
+    match : Callable[[sympy.Basic], tuple or None], optional
+        Recognises the operator's sympy form and returns its argument
+        expressions (more than ``arity`` for an n-ary ``Max``/``Min``, folded
+        into nested binary nodes), else None. How
+        :func:`search_spaces.prefix.from_sympy` reads sympy back into the
+        table; None for ``add, sub, mul, div, neg``, which that converter reads
+        from sympy's ``Add``/``Mul`` structure.
     """
 
     name: str
@@ -136,6 +146,7 @@ class Operator:
     pysr: str
     operon: str | None
     description: str
+    match: Callable[[Any], tuple[Any, ...] | None] | None = None
 
     @property
     def pysr_name(self) -> str:
@@ -301,6 +312,58 @@ def _sp_neg(a: Any) -> sympy.Expr:
     return -sympy.sympify(a)
 
 
+# --------------------------------------------------------------------------- sympy patterns
+# Each returns the argument expressions when a sympy node is the operator's own form, else None.
+
+
+def _is_value(e: Any, value: float) -> bool:
+    return bool(e.is_Number and float(e) == value)
+
+
+def _match_square(e: Any) -> tuple[Any, ...] | None:
+    return (e.base,) if e.is_Pow and _is_value(e.exp, 2.0) else None
+
+
+def _match_cube(e: Any) -> tuple[Any, ...] | None:
+    return (e.base,) if e.is_Pow and _is_value(e.exp, 3.0) else None
+
+
+def _match_sqrt(e: Any) -> tuple[Any, ...] | None:
+    import sympy
+    if e.is_Pow and _is_value(e.exp, 0.5):
+        return (e.base.args[0] if isinstance(e.base, sympy.Abs) else e.base,)
+    return None
+
+
+def _match_log1p(e: Any) -> tuple[Any, ...] | None:
+    """``u`` of ``log(1 + Abs(u))``."""
+    import sympy
+    if isinstance(e, sympy.log) and len(e.args) == 1:
+        inner = e.args[0]
+        if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
+            other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
+            if isinstance(other, sympy.Abs):
+                return (other.args[0],)
+    return None
+
+
+def _match_relu(e: Any) -> tuple[Any, ...] | None:
+    import sympy
+    if isinstance(e, sympy.Max) and len(e.args) == 2 and any(a.is_zero for a in e.args):
+        return (e.args[1] if e.args[0].is_zero else e.args[0],)
+    return None
+
+
+def _match_max(e: Any) -> tuple[Any, ...] | None:
+    import sympy
+    return tuple(e.args) if isinstance(e, sympy.Max) else None
+
+
+def _match_min(e: Any) -> tuple[Any, ...] | None:
+    import sympy
+    return tuple(e.args) if isinstance(e, sympy.Min) else None
+
+
 # --------------------------------------------------------------------------- table
 
 _TABLE: tuple[Operator, ...] = (
@@ -309,15 +372,15 @@ _TABLE: tuple[Operator, ...] = (
     Operator("mul", 2, _np_mul, _sp_mul, 1, "*", "mul", "a * b"),
     Operator("div", 2, _np_div, _sp_div, 2, "/", "div",
              "a / b; returns a where |b| < 1e-12 or the quotient overflows"),
-    Operator("max", 2, _np_max, _sp_max, 2, "max", "fmax", "larger of a and b"),
-    Operator("min", 2, _np_min, _sp_min, 2, "min", "fmin", "smaller of a and b"),
-    Operator("square", 1, _np_square, _sp_square, 2, "square", "square", "x ** 2"),
-    Operator("cube", 1, _np_cube, _sp_cube, 3, "cube", None, "x ** 3"),
+    Operator("max", 2, _np_max, _sp_max, 2, "max", "fmax", "larger of a and b", _match_max),
+    Operator("min", 2, _np_min, _sp_min, 2, "min", "fmin", "smaller of a and b", _match_min),
+    Operator("square", 1, _np_square, _sp_square, 2, "square", "square", "x ** 2", _match_square),
+    Operator("cube", 1, _np_cube, _sp_cube, 3, "cube", None, "x ** 3", _match_cube),
     Operator("sqrt", 1, _np_sqrt, _sp_sqrt, 3, "sqrt_abs(x) = sqrt(abs(x))", "sqrtabs",
-             "sqrt(|x|)"),
+             "sqrt(|x|)", _match_sqrt),
     Operator("log1p", 1, _np_log1p, _sp_log1p, 3, "log1p_abs(x) = log1p(abs(x))", None,
-             "log(1 + |x|)"),
-    Operator("relu", 1, _np_relu, _sp_relu, 2, "relu", None, "max(x, 0)"),
+             "log(1 + |x|)", _match_log1p),
+    Operator("relu", 1, _np_relu, _sp_relu, 2, "relu", None, "max(x, 0)", _match_relu),
     Operator("neg", 1, _np_neg, _sp_neg, 1, "neg", None, "-x"),
 )
 
@@ -422,83 +485,7 @@ def operon_symbols(names: Iterable[str] | None = None) -> str:
     return ",".join([op.operon for op in ops] + ["constant", "variable"])  # type: ignore[misc]
 
 
-# --------------------------------------------------------------------------- symbols
-
-
-def symbol_name(feature: str) -> str:
-    """The safe identifier naming a feature in sympy and generated code.
-
-    Every ``.`` becomes ``__``: ``"batch.prefill_tokens"`` →
-    ``"batch__prefill_tokens"``. :func:`feature_from_symbol` reverses it.
-
-    Parameters
-    ----------
-    feature : str
-        Feature (column) name: dot-separated segments of letters, digits and
-        ``_``.
-
-    Returns
-    -------
-    str
-        A Python identifier that is not a keyword.
-
-    Raises
-    ------
-    StepMLError
-        If the name cannot be mapped reversibly: empty, leading/trailing or
-        doubled dots, ``__`` or ``_`` next to ``.`` (ambiguous after
-        encoding), or characters that make no identifier.
-    """
-    if not isinstance(feature, str) or not feature:
-        raise StepMLError(f"feature name must be a non-empty string, got {feature!r}")
-    safe = feature.replace(".", "__")
-    if (
-        feature.startswith(".")
-        or feature.endswith(".")
-        or ".." in feature
-        or safe.replace("__", ".") != feature
-        or not safe.isascii()
-        or not safe.isidentifier()
-        or keyword.iskeyword(safe)
-    ):
-        raise StepMLError(
-            f"feature name {feature!r} cannot be a formula symbol: use dot-separated "
-            "segments of ASCII letters, digits and single '_' (no '__', no '_' next to "
-            "'.', not starting with a digit)"
-        )
-    return safe
-
-
-def feature_from_symbol(name: str | sympy.Symbol) -> str:
-    """The feature name behind a symbol made by :func:`symbol_name`.
-
-    Parameters
-    ----------
-    name : str or sympy.Symbol
-        Safe identifier, e.g. ``"batch__prefill_tokens"``.
-
-    Returns
-    -------
-    str
-        The feature name, e.g. ``"batch.prefill_tokens"``.
-
-    Raises
-    ------
-    StepMLError
-        If ``name`` is not the :func:`symbol_name` of any feature.
-    """
-    import sympy
-    text = name.name if isinstance(name, sympy.Symbol) else name
-    if not isinstance(text, str):
-        raise StepMLError(f"symbol name must be a string, got {name!r}")
-    feature = text.replace("__", ".")
-    try:
-        ok = symbol_name(feature) == text
-    except StepMLError:
-        ok = False
-    if not ok:
-        raise StepMLError(f"{text!r} is not a feature symbol name")
-    return feature
+# --------------------------------------------------------------------------- parsing names
 
 
 def _operator_aliases() -> dict[str, Operator]:
@@ -603,310 +590,3 @@ def parse_formula(text: str, features: Sequence[str], indexed: bool = True) -> s
         raise StepMLError(f"formula {text!r} uses unknown variable(s) {name}; features: {valid}")
 
     return parse_expression(text, resolve, functions)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _np_max_n(*args: Any) -> np.ndarray:
-    return functools.reduce(np.maximum, (_f64(a) for a in args))
-
-
-def _np_min_n(*args: Any) -> np.ndarray:
-    return functools.reduce(np.minimum, (_f64(a) for a in args))
-
-
-def _negative_number(e: sympy.Basic) -> bool:
-    return bool(e.is_Number and e.is_negative)
-
-
-def _log1p_argument(expr: sympy.Basic) -> sympy.Basic | None:
-    """``u`` when ``expr`` is ``log(1 + Abs(u))`` (the table's log1p), else None."""
-    import sympy
-    if isinstance(expr, sympy.log) and len(expr.args) == 1:
-        inner = expr.args[0]
-        if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
-            other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
-            if isinstance(other, sympy.Abs):
-                return other.args[0]
-    return None
-
-
-def _interpret(expr: sympy.Basic, env: Mapping[sympy.Symbol, np.ndarray]) -> np.ndarray:
-    """Evaluate ``expr`` on numpy arrays with the table's protected semantics (no code generation).
-
-    Divisions (negative numeric powers inside a product) are the protected
-    ``div(numerator, denominator)``, ``log(1 + Abs(u))`` is ``log1p(|u|)``,
-    ``Max``/``Min`` are elementwise. Walking the tree avoids sympy's printers,
-    which dominate the cost of scoring many one-off candidates.
-    """
-    import sympy
-    if expr.is_Symbol:
-        return env[expr]
-    if expr.is_Number:
-        return np.float64(float(expr))
-    if expr.is_Add:
-        total = _interpret(expr.args[0], env)
-        for a in expr.args[1:]:
-            total = total + _interpret(a, env)
-        return total
-    if expr.is_Mul or (expr.is_Pow and _negative_number(expr.exp)):
-        factors = [expr] if expr.is_Pow else list(expr.args)
-        num: Any = np.float64(1.0)
-        den: Any = None
-        for f in factors:
-            if f.is_Pow and _negative_number(f.exp):
-                d = _interpret(sympy.Pow(f.base, -f.exp), env)
-                den = d if den is None else den * d
-            else:
-                num = num * _interpret(f, env)
-        return num if den is None else _np_div(num, den)
-    if expr.is_Pow:
-        base = _interpret(expr.base, env)
-        if expr.exp == sympy.S.Half:
-            return np.sqrt(base)
-        return np.power(base, _interpret(expr.exp, env))
-    inner = _log1p_argument(expr)
-    if inner is not None:
-        return _np_log1p(_interpret(inner, env))
-    args = [_interpret(a, env) for a in expr.args]
-    if isinstance(expr, sympy.Max):
-        return _np_max_n(*args)
-    if isinstance(expr, sympy.Min):
-        return _np_min_n(*args)
-    simple = {sympy.Abs: np.abs, sympy.log: np.log, sympy.exp: np.exp, sympy.floor: np.floor,
-              sympy.ceiling: np.ceil}
-    for kind, fn in simple.items():
-        if isinstance(expr, kind):
-            return fn(*args)
-    fallback = sympy.lambdify(list(env), expr, modules="numpy", docstring_limit=0)
-    return fallback(*env.values())
-
-
-def lambdify_formula(
-    expr: sympy.Expr, features: Sequence[str]
-) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-    """A vectorised numpy evaluator of a formula over feature columns.
-
-    Evaluation follows the table's numpy implementations: every division
-    (negative power) is the protected ``div`` of its numerator and
-    denominator, ``log(1 + Abs(u))`` is ``log1p(|u|)``, ``sqrt(Abs(u))`` is
-    ``sqrt(|u|)``, ``Max``/``Min`` are elementwise. So a formula built from
-    the table stays finite on finite input, as it was during search (a nested
-    ``div(div(a, b), c)`` is evaluated as ``div(a, b*c)``; the two differ only
-    where a denominator is below ``DIV_EPS``).
-
-    Parameters
-    ----------
-    expr : sympy.Expr
-        Expression over ``sympy.Symbol(symbol_name(f))`` symbols, e.g. from
-        :func:`parse_formula`.
-    features : sequence of str
-        The feature names the expression may use.
-
-    Returns
-    -------
-    Callable[[Mapping[str, numpy.ndarray]], numpy.ndarray]
-        Takes a mapping (dict, DataFrame) from feature names to equal-length
-        1-D arrays and returns a new float64 array of that length, even for a
-        constant expression.
-
-    Raises
-    ------
-    StepMLError
-        Immediately if the expression uses a symbol that is not one of
-        ``features``; at call time if a used feature is missing from the
-        mapping, arrays are not 1-D or differ in length, or the length cannot
-        be known (a constant over an empty mapping).
-    """
-    import sympy
-    expr = sympy.sympify(expr)
-    if not isinstance(expr, sympy.Expr):
-        raise StepMLError(f"not a scalar expression: {expr!r}")
-    features = list(features)
-    by_symbol = {symbol_name(f): f for f in features}
-    unknown = sorted(s.name for s in expr.free_symbols if s.name not in by_symbol)
-    if unknown:
-        raise StepMLError(
-            f"expression {expr} uses unknown symbol(s) {', '.join(unknown)}; "
-            f"features: {', '.join(features) if features else '(none)'}"
-        )
-    used = [f for f in features if sympy.Symbol(symbol_name(f)) in expr.free_symbols]
-    symbols = [sympy.Symbol(symbol_name(f)) for f in used]
-
-    def compiled(*arrays: np.ndarray) -> np.ndarray:
-        return _interpret(expr, dict(zip(symbols, arrays)))
-
-    text = str(expr)
-
-    def evaluate(data: Mapping[str, np.ndarray]) -> np.ndarray:
-        missing = [f for f in used if f not in data]
-        if missing:
-            raise StepMLError(f"formula {text} needs missing feature(s) {', '.join(missing)}")
-        arrays = [_f64(data[f]) for f in used]
-        for f, a in zip(used, arrays):
-            if a.ndim != 1:
-                raise StepMLError(f"feature {f!r} must be 1-D, got shape {a.shape}")
-        lengths = {a.shape[0] for a in arrays}
-        if len(lengths) > 1:
-            raise StepMLError(
-                "features differ in length: "
-                + ", ".join(f"{f}={a.shape[0]}" for f, a in zip(used, arrays))
-            )
-        if lengths:
-            n = lengths.pop()
-        else:
-            sizing = [f for f in features if f in data] or list(data.keys())
-            if not sizing:
-                raise StepMLError(f"cannot size constant formula {text}: no input columns")
-            n = len(data[sizing[0]])
-        out = _f64(compiled(*arrays))
-        return np.array(np.broadcast_to(out, (n,)), dtype=np.float64)
-
-    return evaluate
-
-
-# --------------------------------------------------------------------------- complexity
-
-
-def complexity(expr: sympy.Expr) -> int:
-    """PySR-style complexity of a sympy expression under the table weights.
-
-    The expression is read back as table operators:
-
-    * a leaf (symbol, number, named constant) counts 1; a signed constant
-      such as ``-2.5`` is one leaf;
-    * ``Add`` with ``n`` terms counts ``n - 1`` joins: ``add`` for a term,
-      ``sub`` for a term with coefficient exactly -1 (``a - b``), charged on
-      the term without its sign; if every term is negated one ``neg`` is
-      added (``-a - b`` = ``neg(a) - b``);
-    * ``Mul``: a numeric coefficient other than ±1 is a leaf; factors with a
-      negative numeric exponent form a denominator, so the node is
-      ``div(numerator, denominator)`` (an empty numerator is the leaf
-      ``1``); ``k`` factors on a side cost ``k - 1`` ``mul``; a coefficient
-      of exactly -1 adds ``neg`` (or is the leaf ``-1`` of ``-1/x``);
-    * ``Pow`` with exponent 2, 3, 1/2 is ``square``, ``cube``, ``sqrt``
-      (``sqrt(Abs(u))`` is ``sqrt`` of ``u``); a negative exponent is a
-      division by the positive power (``x**-1`` = ``1/x``, ``x**-2`` =
-      ``1/square(x)``);
-    * ``log(1 + Abs(u))`` is ``log1p`` of ``u``; ``Max(0, u)`` is ``relu``
-      of ``u``; other ``Max``/``Min`` with ``n`` arguments cost ``n - 1``
-      ``max``/``min``;
-    * any other node (another power, ``Abs``, ``exp``, …) costs
-      :data:`FALLBACK_COMPLEXITY` plus its arguments, exponent included.
-
-    This is the complexity of sympy's canonical form, which may differ from
-    that of the tree an engine built (sympy folds ``x*x`` into ``x**2``).
-
-    Parameters
-    ----------
-    expr : sympy.Expr
-        The expression (numbers are accepted).
-
-    Returns
-    -------
-    int
-        The complexity, at least 1.
-
-    Raises
-    ------
-    StepMLError
-        If ``expr`` is not a scalar sympy expression.
-    """
-    import sympy
-    try:
-        e = sympy.sympify(expr)
-    except (sympy.SympifyError, TypeError) as exc:
-        raise StepMLError(f"not a sympy expression: {expr!r}") from exc
-    if not isinstance(e, sympy.Expr):
-        raise StepMLError(f"not a scalar sympy expression: {expr!r}")
-    w = {name: op.complexity for name, op in OPERATORS.items()}
-    return _cx(e, w)
-
-
-def _is_value(e: sympy.Basic, value: float) -> bool:
-    return bool(e.is_Number and float(e) == value)
-
-
-def _cx(e: sympy.Basic, w: Mapping[str, int]) -> int:
-    import sympy
-    if e.is_Atom:
-        return 1
-    if e.is_Add:
-        return _cx_add(e, w)
-    if e.is_Mul or (e.is_Pow and _negative_number(e.exp)):
-        return _cx_mul(e, w)
-    if e.is_Pow:
-        base, exp = e.args
-        if _is_value(exp, 2.0):
-            return w["square"] + _cx(base, w)
-        if _is_value(exp, 3.0):
-            return w["cube"] + _cx(base, w)
-        if _is_value(exp, 0.5):
-            inner = base.args[0] if isinstance(base, sympy.Abs) else base
-            return w["sqrt"] + _cx(inner, w)
-        return FALLBACK_COMPLEXITY + _cx(base, w) + _cx(exp, w)
-    if isinstance(e, sympy.log) and len(e.args) == 1:
-        inner = e.args[0]
-        if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
-            other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
-            if isinstance(other, sympy.Abs):
-                return w["log1p"] + _cx(other.args[0], w)
-    if isinstance(e, (sympy.Max, sympy.Min)):
-        args = list(e.args)
-        if isinstance(e, sympy.Max) and len(args) == 2 and any(a.is_zero for a in args):
-            other = args[1] if args[0].is_zero else args[0]
-            return w["relu"] + _cx(other, w)
-        key = "max" if isinstance(e, sympy.Max) else "min"
-        return (len(args) - 1) * w[key] + sum(_cx(a, w) for a in args)
-    return FALLBACK_COMPLEXITY + sum(_cx(a, w) for a in e.args)
-
-
-def _cx_add(e: sympy.Basic, w: Mapping[str, int]) -> int:
-    import sympy
-    positive: list[sympy.Basic] = []
-    negated: list[sympy.Basic] = []
-    for term in e.args:
-        if term.is_Mul and term.args[0] == sympy.S.NegativeOne:
-            negated.append(-term)
-        else:
-            positive.append(term)
-    cost = sum(_cx(t, w) for t in positive) + sum(_cx(t, w) for t in negated)
-    if positive:
-        return cost + (len(positive) - 1) * w["add"] + len(negated) * w["sub"]
-    return cost + w["neg"] + (len(negated) - 1) * w["sub"]
-
-
-def _cx_mul(e: sympy.Basic, w: Mapping[str, int]) -> int:
-    import sympy
-    if e.is_Pow:
-        coeff, factors = sympy.S.One, (e,)
-    else:
-        coeff, factors = e.as_coeff_mul()
-    num: list[sympy.Basic] = []
-    den: list[sympy.Basic] = []
-    for f in factors:
-        if f.is_Pow and _negative_number(f.exp):
-            den.append(sympy.Pow(f.base, -f.exp))
-        else:
-            num.append(f)
-    negate = False
-    if coeff == sympy.S.NegativeOne:
-        if num:
-            negate = True
-        else:
-            num.append(coeff)
-    elif coeff != sympy.S.One:
-        num.insert(0, coeff)
-
-    def product(items: list[sympy.Basic]) -> int:
-        if not items:
-            return 1  # the constant 1 of 1/x
-        return sum(_cx(i, w) for i in items) + (len(items) - 1) * w["mul"]
-
-    cost = product(num)
-    if den:
-        cost += w["div"] + product(den)
-    if negate:
-        cost += w["neg"]
-    return cost

@@ -8,10 +8,10 @@ declaration into its own options, and export reads the same operator table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Mapping
 
 from features.errors import StepMLError
+from features.registry import Registry
 
 BATCH = ("prefill_tokens", "decode_tokens", "scheduled_tokens", "num_prefill_reqs", "num_decode_reqs",
          "batch_size", "is_mixed")
@@ -123,20 +123,14 @@ def _declare() -> tuple[SearchSpace, ...]:
     )
 
 
-_SPACES: dict[str, SearchSpace] | None = None
+SPACES: Registry[SearchSpace] = Registry("search space", lambda: ((s.name, s) for s in _declare()))
 
 
 def spaces() -> Mapping[str, SearchSpace]:
     """The registry: CLI name → space (built on first use)."""
-    global _SPACES
-    if _SPACES is None:
-        _SPACES = {s.name: s for s in _declare()}
-    return MappingProxyType(_SPACES)
+    return SPACES
 
 
 def get_space(name: str) -> SearchSpace:
     """A space by name; an unknown name lists the valid ones."""
-    reg = spaces()
-    if name not in reg:
-        raise StepMLError(f"unknown search space '{name}'; valid: {', '.join(reg)}")
-    return reg[name]
+    return SPACES.get(name)

@@ -16,21 +16,15 @@ import pytest
 import sympy
 
 from discovery.candidate import Problem, build_problem
-from discovery.engines.deap_engine import (
-    DeapEngine,
-    DeapSettings,
-    EvalResult,
-    TreeEvaluator,
-    _seed_to_tree,
-    constrained_loss,
-    linear_scaling,
-    violation_fraction,
-)
+from discovery.engines.deap_engine import DeapEngine, DeapSettings
+from discovery.engines.deap_trees import EvalResult, TreeEvaluator
 from discovery.engines.parallel import chunked, process_map, serial_map
 from features.dataset import load_dataset
 from features.errors import StepMLError
 from features.splits import make_splits
-from search_spaces.operators import complexity, lambdify_formula
+from search_spaces.numeric import lambdify_formula
+from search_spaces.objective import complexity, violation_fraction
+from search_spaces.prefix import format_prefix, seed_nodes
 from search_spaces.spaces import SearchSpace, get_space
 
 SMALL = DeapSettings(population=40, generations=6, islands=2, migration_interval=2, migration_size=3,
@@ -80,39 +74,6 @@ def toy_problem(mode: str, seeds: tuple[str, ...] = ("c0 - c1*x",), noise: float
 # --------------------------------------------------------------------------- building blocks
 
 
-def test_violation_fraction_counts_decreasing_and_non_positive_pairs():
-    lo = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
-    hi = np.array([1.0, 2.5, 2.0, 4.0 - 1e-12, -1.0, np.nan, 7.0, 9.0])
-    # pair 2 decreases, pair 4 is negative, pair 5 is NaN; pair 3 is within the 1e-9 relative slack.
-    assert violation_fraction([(lo, hi)]) == pytest.approx(3 / 8)
-    # pooled over axes, and a non-positive lo counts too
-    assert violation_fraction([(lo, hi), (np.array([0.0, 1.0]), np.array([1.0, 2.0]))]) == pytest.approx(4 / 10)
-    assert violation_fraction([]) == 0.0
-    assert violation_fraction([(lo, lo + 1)]) == 0.0
-
-
-def test_constrained_loss_modes():
-    assert constrained_loss(0.1, 0.5, "penalise") == pytest.approx(0.1 * 6.0)
-    assert constrained_loss(0.1, 0.0, "penalise") == 0.1
-    assert constrained_loss(0.1, 0.01, "reject") == math.inf
-    assert constrained_loss(0.1, 0.0, "reject") == 0.1
-    assert constrained_loss(0.1, 1.0, "off") == 0.1
-    with pytest.raises(StepMLError):
-        constrained_loss(0.1, 0.0, "bogus")
-
-
-def test_linear_scaling_is_the_weighted_least_squares_fit():
-    rng = np.random.default_rng(1)
-    f = rng.uniform(0, 10, 50)
-    y = 3.0 + 2.0 * f * (1 + 0.05 * rng.standard_normal(50))
-    u = 1.0 / y**2
-    a, b = linear_scaling(f, y, u)
-    design = np.column_stack([f, np.ones_like(f)]) * np.sqrt(u)[:, None]
-    expected, *_ = np.linalg.lstsq(design, y * np.sqrt(u), rcond=None)
-    assert (a, b) == pytest.approx(tuple(expected), rel=1e-9)
-    assert linear_scaling(np.full(5, 2.0), np.arange(1.0, 6.0), np.ones(5))[0] == 0.0  # constant tree
-
-
 def test_evaluator_optimises_constants_and_is_picklable(demo_problem):
     evaluator = TreeEvaluator(demo_problem, max_nfev=50)
     tree = "add(add(1.0, mul(1.0, rl_weight_load)), add(mul(1.0, rl_prefill_compute), mul(1.0, rl_kv_read)))"
@@ -142,15 +103,19 @@ def test_evaluator_applies_the_constraint_mode_to_a_decreasing_fit():
 
 def test_seed_formulas_become_trees_or_are_skipped(demo_problem):
     evaluator = TreeEvaluator(demo_problem)
-    seeds = get_space("roofline").seed_formulas
-    trees = [_seed_to_tree(s, demo_problem.features, evaluator.symbols, evaluator.arity) for s in seeds]
+    space = get_space("roofline")
+
+    def tree(text):
+        nodes = seed_nodes(text, demo_problem.features, space.operators, evaluator.symbols)
+        return None if nodes is None else format_prefix(nodes, evaluator.arity)
+
+    trees = [tree(s) for s in space.seed_formulas]
     assert trees[1] == ("add(add(1.0, mul(1.0, rl_weight_load)), "
                         "add(mul(1.0, rl_prefill_compute), mul(1.0, rl_kv_read)))")
     assert "max(" in trees[0]
     # a feature the problem lacks, or an operator the space lacks: skipped
-    assert _seed_to_tree("c0 + c1*prefill_tokens", demo_problem.features, evaluator.symbols, evaluator.arity) is None
-    assert _seed_to_tree("c0 + rl_kv_read/rl_weight_load", demo_problem.features, evaluator.symbols,
-                         evaluator.arity) is None
+    assert tree("c0 + c1*prefill_tokens") is None
+    assert tree("c0 + rl_kv_read/rl_weight_load") is None
 
 
 def test_settings_are_validated():

@@ -13,6 +13,8 @@ import sympy
 from discovery import audit, export
 from discovery.formula import load_artifact, run_data
 from discovery.rundir import HofRow, write_hof
+from features.dataset import load_dataset
+from features.splits import make_splits, save_splits
 from evaluation.scorer import score
 
 from conftest import run_main as _run
@@ -50,7 +52,7 @@ def test_export_writes_every_artifact(exported):
 
 def test_exported_loss_equals_rescored_loss(exported):
     doc, predictor = load_artifact(exported)
-    dataset, split = run_data(doc)
+    dataset, split = run_data(doc, exported)
     card = score(predictor, dataset, split)
     for part in ("train", "val", "test"):
         assert card.overall[part]["mape"] == pytest.approx(doc["metrics"][f"{part}_mape"], rel=1e-12), part
@@ -134,7 +136,11 @@ def test_audit_of_a_missing_folder_is_exit_2(tmp_path, capsys):
 def test_features_constant_over_the_data_fold_into_the_intercept(run_dir, tmp_path):
     path = _hand_run(run_dir, tmp_path, "5000.0 + 2.0*rl_weight_load + 100.0*decode_tokens")
     info = json.loads((path / "run.json").read_text())
-    info.update({"experiments": ["20260101-000000-demo-dense-8b-tp1-chat"], "data_hash": None})
+    experiment = "20260101-000000-demo-dense-8b-tp1-chat"  # a single-model run: its split saved as a search would
+    dataset = load_dataset(None, experiments=[experiment])
+    splits = make_splits(dataset.frame, "temporal", dataset.content_hash())
+    info.update({"experiments": [experiment], "data_hash": dataset.content_hash(),
+                 "split_file": save_splits(splits, path).name})
     (path / "run.json").write_text(json.dumps(info))
     assert _run(export.main, [str(path), "--out", str(tmp_path / "fold")]) == 0
     doc = json.loads((tmp_path / "fold" / "artifact.json").read_text())

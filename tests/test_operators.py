@@ -9,14 +9,14 @@ import pytest
 import sympy
 
 from features.errors import StepMLError
+from search_spaces.numeric import lambdify_formula
+from search_spaces.objective import complexity
 from search_spaces.operators import (
     DIV_EPS,
     OPERATORS,
     Operator,
-    complexity,
     feature_from_symbol,
     get_operator,
-    lambdify_formula,
     operon_symbols,
     parse_formula,
     pysr_options,

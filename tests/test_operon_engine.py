@@ -16,13 +16,22 @@ pytest.importorskip("pyoperon")
 from discovery import search  # noqa: E402
 from discovery.candidate import build_problem  # noqa: E402
 from discovery.engines import ENGINES, make_engine  # noqa: E402
-from discovery.engines.operon_engine import (OperonEngine, OperonSettings, _seed_trees,  # noqa: E402
-                                             formula_losses, operon_options, operon_unsupported)
+from discovery.engines.operon_engine import (OperonEngine, OperonSettings, operon_options,  # noqa: E402
+                                             operon_unsupported, seed_trees)
 from features.cli import run  # noqa: E402
 from features.dataset import load_dataset  # noqa: E402
 from features.splits import make_splits  # noqa: E402
-from search_spaces.operators import complexity  # noqa: E402
+from search_spaces.objective import complexity  # noqa: E402
 from search_spaces.spaces import SearchSpace, get_space  # noqa: E402
+
+
+def training_loss(expr, problem):
+    """(loss, MRE, violation) of a formula on the problem's training rows, by the shared objective."""
+    from search_spaces.numeric import lambdify_formula
+    from search_spaces.objective import Objective
+
+    return Objective(problem).formula_loss(lambdify_formula(expr, problem.features))
+
 
 TINY = dict(population=16, islands=1, generations=3, budget_s=30.0, seed=0)
 
@@ -79,7 +88,8 @@ def test_seed_trees_keep_operand_order(demo):
     """Operon stores ``A op B`` as ``B, A, op``: a seed with sub/div/max evaluates as its formula."""
     import pyoperon as op
 
-    from search_spaces.operators import lambdify_formula, parse_formula
+    from search_spaces.numeric import lambdify_formula
+    from search_spaces.operators import parse_formula
 
     space = get_space("dense")
     problem = _problem(demo, space)
@@ -89,7 +99,7 @@ def test_seed_trees_keep_operand_order(demo):
     inputs = [v.Hash for v in sorted(ds.Variables, key=lambda v: v.Index)[:-1]]
     opts = operon_options(space, feats, OperonSettings())
     text = "c0 + 3*max(kv_tokens - prefill_tokens, decode_tokens / (batch_size + 2)) - sqrt(kv_tokens)"
-    trees, bad = _seed_trees(op, [text, "c0 + cube(kv_tokens)"], feats, inputs, opts)
+    trees, bad = seed_trees(op, [text, "c0 + cube(kv_tokens)"], feats, inputs, opts)
     assert len(trees) == 1 and bad == ["'c0 + cube(kv_tokens)'"]
     got = np.asarray(op.Evaluate(op.DispatchTable(), trees[0], ds, op.Range(0, ds.Rows)), dtype=float)
     want = lambdify_formula(parse_formula(text.replace("c0", "1.0"), feats), feats)(problem.X_train)
@@ -110,7 +120,7 @@ def test_candidates_are_table_formulas_with_recomputed_loss(demo):
     for c in cands:
         assert c.expr.free_symbols <= allowed
         assert c.complexity == complexity(c.expr)
-        assert math.isclose(c.loss, formula_losses(c.expr, problem)[0], rel_tol=1e-9)
+        assert math.isclose(c.loss, training_loss(c.expr, problem)[0], rel_tol=1e-9)
         assert not c.expr.has(sympy.Abs(sympy.Abs(sympy.Symbol("x"))))
     stats = engine.stats_
     assert stats["generations"] == 4 and stats["stopped_by"] == "generations"

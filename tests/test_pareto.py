@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from discovery.pareto import SELECTIONS, pareto_mask, pysr_score, select
+from discovery.pareto import SELECTIONS, pysr_score, select
 from features.errors import StepMLError
+from search_spaces.objective import pareto_mask
 
 INF = math.inf
 

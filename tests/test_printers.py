@@ -28,7 +28,8 @@ from discovery.printers import checks
 from features.aggregates import batch_aggregates
 from features.catalog import compute_features, get_feature
 from features.errors import StepMLError
-from search_spaces.operators import lambdify_formula, parse_formula
+from search_spaces.numeric import lambdify_formula
+from search_spaces.operators import parse_formula
 
 a, b, c, x, y = sp.symbols("a b c x y")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.scorer import candidate_losses, phase_labels, score, score_predictions, scorecard_rows
+from evaluation.scorer import phase_labels, score, score_predictions, scorecard_rows
 from features.dataset import Dataset
 from features.splits import Split
 
@@ -171,28 +171,3 @@ def test_score_predictions_matches_score(dataset):
     assert a.group_metric("test", "phase") == b.group_metric("test", "phase")
 
 
-# -- candidate_losses ----------------------------------------------------------------------------------
-
-def test_candidate_losses_equal_mape_per_candidate():
-    y = np.array([100.0, 200.0, 400.0])
-    preds = np.array([
-        [110.0, 180.0, 500.0],    # APE 10, 10, 25
-        [100.0, 200.0, 400.0],    # exact
-        [50.0, 300.0, 400.0],     # APE 50, 50, 0
-    ])
-    np.testing.assert_allclose(candidate_losses(y, preds), [15.0, 0.0, 100.0 / 3])
-    # weights 1, 2, 1
-    np.testing.assert_allclose(candidate_losses(y, preds, np.array([1.0, 2.0, 1.0])),
-                               [(10 + 20 + 25) / 4, 0.0, (50 + 100) / 4])
-    # a single candidate as a 1-D array
-    np.testing.assert_allclose(candidate_losses(y, preds[0]), [15.0])
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 0.0, -1.0])
-def test_candidate_losses_are_inf_with_any_bad_prediction(bad):
-    y = np.array([100.0, 200.0, 400.0])
-    preds = np.array([[110.0, 180.0, 500.0], [110.0, bad, 500.0]])
-    losses = candidate_losses(y, preds)
-    assert losses[0] == pytest.approx(15.0)
-    assert losses[1] == math.inf
-    assert candidate_losses(y, preds, np.array([1.0, 0.0, 1.0]))[1] == math.inf

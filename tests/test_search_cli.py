@@ -114,3 +114,69 @@ def test_a_two_engine_run_checkpoints_both_engines(tmp_path):
     state = json.loads((path / "checkpoint.json").read_text())
     assert set(state) == {"deap", "operon"}
     assert set(pd.read_csv(path / "hall_of_fame.csv")["engine"]) <= {"deap", "operon"}
+
+
+def test_reloading_a_run_reads_the_split_it_saved(run_dir, tmp_path):
+    import numpy as np
+
+    from discovery.formula import saved_split
+    from features.errors import StepMLError
+    from features.splits import Split, load_splits, save_splits
+
+    info = json.loads((run_dir / "run.json").read_text())
+    copy = tmp_path / "run"
+    copy.mkdir()
+    saved = load_splits(run_dir / info["split_file"])[0]
+    n = len(saved.train) + len(saved.val) + len(saved.test)
+    with pytest.raises(StepMLError, match="no saved split indices"):
+        saved_split(copy, info, n)
+    # a different saved split is what a reload uses: it is read, never recomputed
+    odd = Split(saved.spec, saved.fold, saved.train[::2], saved.val, saved.test, saved.data_hash)
+    save_splits([odd], copy)
+    np.testing.assert_array_equal(saved_split(copy, info, n).train, saved.train[::2])
+    with pytest.raises(StepMLError, match="no fold 'x'"):
+        saved_split(copy, dict(info, fold="x"), n)
+    with pytest.raises(StepMLError, match="no saved split indices"):
+        saved_split(copy, dict(info, data_hash="0" * 16), n)
+    with pytest.raises(StepMLError, match="indexes row"):
+        saved_split(copy, info, 10)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be an integer"),
+    (["--budget", "nan"], "--budget must be a positive number"),
+    (["--population", "1"], "--population must be >= 2"),
+    (["--scheduler", "garbage"], "expected a dask scheduler address"),
+    (["--split", "bogus"], "unknown split 'bogus'"),
+    (["--fold", "x"], "--fold applies to leave-one-out splits"),
+    (["--engine", "deap,deap"], "names an engine twice"),
+])
+def test_bad_arguments_fail_before_anything_is_loaded_or_created(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default run folder would be results/<id>/ here
+    assert _run(search.main, ["--space", "linear", *argv]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_run_dir_that_cannot_be_a_folder_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for run_dir, message in ((blocker, "exists and is not a folder"), (blocker / "sub", "is a file, not a folder")):
+        assert _run(search.main, ["--space", "linear", "--run-dir", str(run_dir), *SMALL]) == 2
+        assert message in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_an_error_after_the_run_folder_exists_removes_it(tmp_path, monkeypatch, capsys, steps_table, write_table,
+                                                       isolated_metadata):
+    from discovery import pipeline
+
+    def broken(*args, **kwargs):
+        raise pipeline.StepMLError("engine failed")
+
+    monkeypatch.setattr(pipeline, "search_problem", broken)
+    data = write_table(tmp_path / "steps.parquet", steps_table({"a": 40, "b": 40}))
+    assert _run(search.main, ["--space", "linear", "--data", str(data), "--run-dir", str(tmp_path / "r"), *SMALL]) == 2
+    assert "engine failed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -36,11 +36,15 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from features.errors import StepMLError
+
 __all__ = ["serial_map", "process_map", "dask_map", "chunked"]
 
 #: Worker-side cache of unpickled functions, keyed by the digest of their pickle.
 _FN_CACHE: "OrderedDict[str, Any]" = OrderedDict()
 _FN_CACHE_SIZE = 4
+#: Seconds to wait for a running dask scheduler (``--scheduler``) to answer.
+CONNECT_TIMEOUT_S = 10
 
 
 def chunked(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -210,7 +214,14 @@ def dask_map(workers: int | None = None, scheduler: str | None = None,
 
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        from discovery.config import check_scheduler_address
+
+        address = check_scheduler_address(scheduler)
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise StepMLError(f"--scheduler {address}: cannot connect ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})") from None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=logging.ERROR)

@@ -75,7 +75,6 @@ complexity from the table; dominated ones are dropped.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -84,8 +83,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
+from discovery.config import CLUSTER_MANAGERS, DEFAULTS
 from features.errors import StepMLError
 from search_spaces.operators import OPERATORS, pysr_options, symbol_name
+from search_spaces.objective import pareto_front
+from search_spaces.prefix import infix, seed_nodes
 
 if TYPE_CHECKING:
     from discovery.candidate import Candidate, Problem
@@ -94,8 +96,6 @@ if TYPE_CHECKING:
 __all__ = ["CLUSTER_MANAGERS", "FIT_KEYS", "PySREngine", "PySRSettings", "check_available", "julia_status",
            "pysr_kwargs", "pysr_unsupported"]
 
-#: ``cluster_manager`` values PySR accepts.
-CLUSTER_MANAGERS = ("slurm", "pbs", "lsf", "sge", "qrsh", "scyld", "htc")
 #: Keys of :func:`pysr_kwargs` that go to ``PySRRegressor.fit`` rather than the constructor.
 FIT_KEYS = ("variable_names",)
 RELATIVE_LOSS = "loss(prediction, target) = abs(prediction - target) / abs(target)"
@@ -116,11 +116,11 @@ DEFAULT_CHECK_TIMEOUT_S = 300.0
 class PySRSettings:
     """Options of :class:`PySREngine` (the first five are the search CLI's)."""
 
-    population: int = 200
-    islands: int = 2
-    generations: int = 40
-    budget_s: float = 60.0
-    seed: int = 0
+    population: int = DEFAULTS.population
+    islands: int = DEFAULTS.islands
+    generations: int = DEFAULTS.generations
+    budget_s: float = DEFAULTS.budget_s
+    seed: int = DEFAULTS.seed
     deterministic: bool | None = None
     procs: int | None = None
     cluster_manager: str | None = None
@@ -166,41 +166,13 @@ def _settings(settings: PySRSettings | Mapping[str, Any] | None) -> PySRSettings
 
 # =============================================================================== translation
 
-_CONSTANT_NAME = re.compile(r"\bc\d+\b")
-_FUNCTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
-_INFIX = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
-
-
-def _substitute_feature_names(text: str, features: Sequence[str]) -> str:
-    dotted = sorted({f for f in features if symbol_name(f) != f}, key=len, reverse=True)
-    if not dotted:
-        return text
-    pattern = re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, dotted)) + r")(?![\w.])")
-    return pattern.sub(lambda m: symbol_name(m.group(0)), text)
-
-
 def _guess(text: str, features: Sequence[str], space_ops: Sequence[str]) -> str | None:
-    """A seed formula as a PySR guess (constants → 1.0, table → PySR function names), or None."""
-    source = _CONSTANT_NAME.sub(lambda m: m.group(0) if m.group(0) in features else "1.0", text)
-    source = _substitute_feature_names(source, features)
-    by_name = {}
-    for name in space_ops:
-        op = OPERATORS[name]
-        by_name[name] = op.pysr_name
-        by_name[op.pysr_name] = op.pysr_name
-    if any(fn not in by_name for fn in _FUNCTION.findall(source)):
+    """A seed formula as a PySR guess (constants → 1.0, PySR's operator names), or None if the space's
+    operators or the features cannot express it (through the canonical prefix form)."""
+    nodes = seed_nodes(text, features, space_ops)
+    if nodes is None:
         return None
-    stripped = _FUNCTION.sub("(", source)
-    symbols = {symbol_name(f) for f in features}
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"\d[eE][-+]?\d", "", stripped))
-    if any(word not in symbols for word in words):
-        return None
-    body = re.sub(r"\d[eE][-+]\d", "", stripped)  # exponent signs are not operators
-    if "^" in body or "**" in body:
-        return None
-    if any(ch in body and op_name not in space_ops for ch, op_name in _INFIX.items()):
-        return None
-    return _FUNCTION.sub(lambda m: by_name[m.group(1)] + "(", source)
+    return infix(nodes, name=lambda op: OPERATORS[op].pysr_name)
 
 
 def pysr_kwargs(space: "SearchSpace", features: Sequence[str],
@@ -387,9 +359,7 @@ class PySREngine:
         model.fit(X, y, **fit)
         equations = list(model.equations_["equation"])
         candidates, skipped = equations_to_candidates(equations, problem, "pysr", "pysr hall of fame")
-        from discovery.engines.operon_engine import pareto_candidates
-
-        front = pareto_candidates(candidates)
+        front = pareto_front(sorted(candidates, key=lambda c: c.key))
         self.stats_ = {"wall_s": time.perf_counter() - t0, "equations": len(equations), "candidates": len(front),
                        "skipped_unparsable": skipped["unparsable"],
                        "unsupported": unsupported,
@@ -399,21 +369,16 @@ class PySREngine:
 
 def equations_to_candidates(equations: Sequence[str], problem: "Problem", engine: str,
                             provenance: str) -> tuple[list["Candidate"], dict[str, int]]:
-    """Candidates of PySR equation strings on ``problem`` (loss = training MRE + probe penalty, as
-    DEAP; complexity from the table), and the number of ``unparsable`` equations left out."""
-    from discovery.candidate import Candidate
-    from discovery.engines.operon_engine import TrainingScorer, _n_constants, _tidy
-    from search_spaces.operators import complexity, lambdify_formula, parse_formula
+    """Candidates of PySR equation strings on ``problem`` (loss by the shared objective; complexity from the
+    table), and the number of ``unparsable`` equations left out."""
+    from discovery.candidate import formula_candidates, tidy
+    from search_spaces.operators import parse_formula
 
-    scorer = TrainingScorer(problem)
-    out = []
+    exprs = []
     skipped = {"unparsable": 0}
     for text in equations:
         try:
-            expr = _tidy(parse_formula(str(text), problem.features))
+            exprs.append(tidy(parse_formula(str(text), problem.features)))
         except StepMLError:
             skipped["unparsable"] += 1
-            continue
-        loss, _, _ = scorer.loss(lambdify_formula(expr, problem.features))
-        out.append(Candidate(expr, int(complexity(expr)), float(loss), engine, provenance, _n_constants(expr)))
-    return out, skipped
+    return formula_candidates(exprs, problem, engine, provenance), skipped

@@ -142,7 +142,7 @@ def c_parity(
         ``rows × len(features)`` inputs.
     expected : numpy.ndarray
         One expected value per row (e.g. from
-        :func:`search_spaces.operators.lambdify_formula`).
+        :func:`search_spaces.numeric.lambdify_formula`).
     rtol : float
         Largest relative error accepted.
     name : str

@@ -9,7 +9,7 @@ by sympy's tables and only the table's own semantics are added:
   (``a·b⁻¹``) prints as ``_div(a, b)`` (math) or ``_div_array(a, b)``
   (numpy), the helpers written into ``formula.py`` that return the numerator
   where ``|b| < 1e-12`` or the quotient overflows, exactly as
-  :func:`search_spaces.operators.lambdify_formula` evaluates it;
+  :func:`search_spaces.numeric.lambdify_formula` evaluates it;
 * ``log(1 + Abs(u))`` (the table's ``log1p``) prints as ``log1p(abs(u))``,
   the same function the evaluator calls;
 * ``Max``/``Min`` keep sympy's forms: ``max(a, b, c)`` for scalars and

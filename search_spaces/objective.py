@@ -1,0 +1,451 @@
+"""The search objective, defined once: loss, linear scaling, constant fitting, probe penalty, complexity, front.
+
+Every engine (DEAP, Operon, PySR, a PySR import) and the rescoring of a run
+measure a formula with this module, so a loss or a complexity means the same
+number wherever it is shown.
+
+Loss of a formula on a problem's training rows
+----------------------------------------------
+For the raw output ``f`` of a tree (DEAP, Operon), :class:`Objective`
+
+1. **linear scaling**: the slope ``a`` and intercept ``b`` minimising
+   ``Σ w·((a·f + b − y)/y)²`` in closed form (``w`` = the problem's training
+   weights, or 1), :func:`linear_scaling`;
+2. **constant fitting** (:meth:`Objective.fit`, when the tree has numeric
+   constants): Levenberg–Marquardt (``scipy.optimize.least_squares(method="lm")``)
+   on the constants with ``a, b`` re-solved in closed form at every step
+   (variable projection), at most ``max_nfev`` evaluations; kept only if it
+   lowers the error;
+3. **mean relative error** ``Σ w·|pred − y| / y / Σ w`` of ``pred = b + a·f``,
+   a *fraction* (:func:`relative_error`); NaN, ±inf or ``pred <= 0`` on any
+   row gives ``inf``;
+4. **probe constraint** (unless the space's ``constraint_mode`` is ``off``): the
+   fraction of the problem's probe pairs where the prediction decreases
+   (``pred(hi) < pred(lo) − 1e-9·|pred(lo)|``) or either prediction is not
+   finite and positive (:func:`violation_fraction`); ``penalise`` multiplies
+   the error by ``1 + 10·fraction``, ``reject`` makes it ``inf`` if the
+   fraction is > 0 (:func:`constrained_loss`).
+
+A finished formula (an engine's candidate, a PySR equation) is measured the
+same way without steps 1–2 (:meth:`Objective.formula_loss`).
+
+Units: losses are fractions inside the code; ``hall_of_fame.csv`` and every
+table shown to a user give them in percent, like the validation and test
+MAPE (see :mod:`discovery.rundir`).
+
+Complexity and the Pareto front
+-------------------------------
+:func:`complexity` is the operator-table weight of an expression's canonical
+prefix form (:mod:`search_spaces.prefix`): leaves 1, each operator its weight.
+:func:`pareto_mask` marks the rows not dominated in (complexity, loss);
+:func:`pareto_front` applies it to candidates.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeVar
+
+import numpy as np
+
+from features.errors import StepMLError
+
+if TYPE_CHECKING:
+    import sympy
+
+    from discovery.candidate import Problem
+
+__all__ = ["CONST_RIDGE", "PENALTY", "PROBE_RTOL", "Fit", "Objective", "complexity", "constrained_loss",
+           "linear_scaling", "pareto_front", "pareto_mask", "relative_error", "violation_fraction"]
+
+#: Relative slack of the monotonicity check: ``pred(hi) < pred(lo) − PROBE_RTOL·|pred(lo)|`` violates.
+PROBE_RTOL = 1e-9
+#: Penalty factor of ``constraint_mode = "penalise"``: loss × (1 + PENALTY·violation fraction).
+PENALTY = 10.0
+#: Ridge on the change of a tree's constants during their fit (see :meth:`Objective.fit_constants`).
+CONST_RIDGE = 1e-8
+#: Forward-difference step of the constants' Jacobian (relative to max(1, |c|)).
+_FD_STEP = math.sqrt(np.finfo(float).eps)
+#: Residual standing in for a non-finite one during the constant fit.
+_BAD_RESIDUAL = 1e3
+
+
+# =============================================================================== pure pieces
+
+
+def relative_error(pred: np.ndarray, y: np.ndarray, wn: np.ndarray | None = None) -> float:
+    """Mean relative error ``|pred − y| / y`` (a fraction), ``inf`` when any prediction is not finite and > 0.
+
+    Parameters
+    ----------
+    pred, y : array
+        Predictions and (finite, positive) targets.
+    wn : array, optional
+        Normalised row weights (``Σ wn = 1``); None for the plain mean.
+    """
+    if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
+        return math.inf
+    if wn is None:
+        return float(np.mean(np.abs(pred - y) / y))
+    return float(np.sum(wn * np.abs(pred - y) / y))
+
+
+def linear_scaling(f: np.ndarray, y: np.ndarray, u: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept minimising ``Σ u·(a·f + b − y)²`` (``u = w / y²`` for relative residuals).
+
+    A constant ``f`` (or non-finite moments) gives ``a = 0`` and the ``u``-weighted mean of ``y``.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    su = float(np.sum(u))
+    ym = float(np.dot(u, y)) / su
+    return _scale(np.asarray(f, dtype=np.float64), u, su, ym, y - ym)
+
+
+def _scale(f: np.ndarray, u: np.ndarray, su: float, ym: float, yc: np.ndarray) -> tuple[float, float]:
+    """:func:`linear_scaling` with the target's moments precomputed (``yc = y − ym``)."""
+    fm = float(np.dot(u, f)) / su
+    if not math.isfinite(fm):
+        return 0.0, ym
+    df = f - fm
+    ud = u * df
+    sff = float(np.dot(ud, df))
+    if not math.isfinite(sff) or sff <= 1e-300 or sff <= 1e-24 * su * fm * fm:
+        return 0.0, ym
+    a = float(np.dot(ud, yc)) / sff
+    b = ym - a * fm
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 0.0, ym
+    return a, b
+
+
+def violation_fraction(pairs: Iterable[tuple[np.ndarray, np.ndarray]], rtol: float = PROBE_RTOL) -> float:
+    """Fraction of probe pairs ``(pred_lo, pred_hi)`` (pooled over all pairs given) that violate.
+
+    A pair violates when ``pred_hi < pred_lo − rtol·|pred_lo|`` (the
+    prediction decreases though the batch grew) or when either prediction is
+    not finite and positive. No pairs → 0.
+    """
+    bad = total = 0
+    for lo, hi in pairs:
+        lo = np.asarray(lo, dtype=float)
+        hi = np.asarray(hi, dtype=float)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = np.isfinite(lo) & np.isfinite(hi) & (lo > 0) & (hi > 0) & ~(hi < lo - rtol * np.abs(lo))
+        bad += int(lo.size - np.count_nonzero(ok))
+        total += int(lo.size)
+    return bad / total if total else 0.0
+
+
+def constrained_loss(loss: float, violation: float, mode: str) -> float:
+    """The selection loss: ``penalise`` → loss·(1 + 10·violation); ``reject`` → inf if any violation;
+    ``off`` → loss."""
+    if mode == "off" or not math.isfinite(loss):
+        return loss
+    if mode == "reject":
+        return math.inf if violation > 0 else loss
+    if mode == "penalise":
+        return loss * (1.0 + PENALTY * violation)
+    raise StepMLError(f"unknown constraint mode '{mode}'; valid: penalise, reject, off")
+
+
+# =============================================================================== the objective
+
+
+class Fit(NamedTuple):
+    """The result of :meth:`Objective.fit`: constants (fitted or as given), scaling, losses, work done.
+
+    ``loss`` is the selection loss (constraint applied), ``mre`` the plain
+    training mean relative error, ``violation`` the probe fraction; ``evals``
+    counts evaluations of the tree on the training rows and ``probe_rows`` the
+    probe rows evaluated.
+    """
+
+    consts: list[float]
+    a: float
+    b: float
+    loss: float
+    mre: float
+    violation: float
+    evals: int
+    probe_rows: int
+
+
+class Objective:
+    """The training loss of formulas on a problem (see the module docstring). Picklable.
+
+    Parameters
+    ----------
+    problem : Problem
+        Features, training rows and weights, probe pairs, and the space's constraint mode.
+    max_nfev : int
+        ``least_squares`` evaluations for constants in :meth:`fit` (0 = linear scaling only).
+
+    Attributes
+    ----------
+    features : tuple of str
+    X : tuple of arrays
+        Training feature columns, in ``features`` order.
+    y, w : array
+        Training target; weights (None = every row counts once).
+    mode : str
+        The constraint mode.
+    probe_sizes : tuple of int
+        Pairs per monotone axis (sorted by axis); ``P`` holds the probes' feature
+        columns, every axis's ``lo`` rows, then every axis's ``hi`` rows.
+    """
+
+    def __init__(self, problem: "Problem", max_nfev: int = 50) -> None:
+        features = tuple(problem.features)
+        self.features = features
+        self.X = tuple(np.ascontiguousarray(problem.X_train[f], dtype=np.float64) for f in features)
+        self.y = np.ascontiguousarray(problem.y_train, dtype=np.float64)
+        if self.y.ndim != 1 or self.y.size == 0:
+            raise StepMLError("the problem has no training rows")
+        if any(x.shape != self.y.shape for x in self.X):
+            raise StepMLError("training features and target differ in length")
+        if not (np.all(np.isfinite(self.y)) and np.all(self.y > 0)):
+            raise StepMLError("training target must be finite and > 0 (relative loss)")
+        w = None if problem.w_train is None else np.ascontiguousarray(problem.w_train, dtype=np.float64)
+        if w is not None and (w.shape != self.y.shape or not np.all(np.isfinite(w)) or np.any(w < 0)
+                              or not np.sum(w) > 0):
+            raise StepMLError("training weights must be finite, >= 0, not all zero and match the target")
+        self.w = w
+        self.mode = problem.space.constraint_mode
+        lo_blocks: list[list[np.ndarray]] = []
+        hi_blocks: list[list[np.ndarray]] = []
+        sizes = []
+        if self.mode != "off":
+            for axis in sorted(problem.probes):
+                lo, hi = problem.probes[axis]
+                n = len(lo[features[0]]) if features else 0
+                if n == 0:
+                    continue
+                lo_blocks.append([np.asarray(lo[f], dtype=np.float64) for f in features])
+                hi_blocks.append([np.asarray(hi[f], dtype=np.float64) for f in features])
+                sizes.append(n)
+        self.probe_sizes = tuple(sizes)
+        self.P = tuple(np.ascontiguousarray(np.concatenate([b[j] for b in lo_blocks] + [b[j] for b in hi_blocks]))
+                       for j in range(len(features))) if sizes else ()
+        self.max_nfev = int(max_nfev)
+        self._setup()
+
+    # -- derived state (rebuilt after unpickling) -----------------------------------------------
+    def _setup(self) -> None:
+        w = np.ones_like(self.y) if self.w is None else self.w
+        self._wsum = float(np.sum(w))
+        self._wn = w / self._wsum  # normalised weights of the mean relative error
+        self._u = w / (self.y * self.y)  # weights of the squared relative residual
+        self._su = float(np.sum(self._u))
+        self._ym = float(np.dot(self._u, self.y)) / self._su
+        self._yc = self.y - self._ym
+        self._rel_scale = np.sqrt(w / self._wsum) / self.y  # Σ r² = weighted mean squared relative error
+        self._bad = np.full(self.y.shape, _BAD_RESIDUAL)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    # -- the pieces ---------------------------------------------------------------------------
+    @property
+    def n_rows(self) -> int:
+        """Training rows."""
+        return int(self.y.shape[0])
+
+    def scale(self, f: np.ndarray) -> tuple[float, float]:
+        """:func:`linear_scaling` of raw outputs ``f`` on the training rows."""
+        return _scale(f, self._u, self._su, self._ym, self._yc)
+
+    def mre(self, pred: np.ndarray) -> float:
+        """Training mean relative error of predictions (weighted; a fraction)."""
+        return relative_error(pred, self.y, self._wn)
+
+    def probe_pairs(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The probe pairs per axis as (lo features, hi features) dicts."""
+        out, start, m = [], 0, sum(self.probe_sizes)
+        for k in self.probe_sizes:
+            lo = {f: col[start:start + k] for f, col in zip(self.features, self.P)}
+            hi = {f: col[m + start:m + start + k] for f, col in zip(self.features, self.P)}
+            out.append((lo, hi))
+            start += k
+        return out
+
+    def split_probes(self, pred: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(lo, hi) predictions per axis from predictions over ``P``'s rows."""
+        m = sum(self.probe_sizes)
+        pairs, start = [], 0
+        for k in self.probe_sizes:
+            pairs.append((pred[start:start + k], pred[m + start:m + start + k]))
+            start += k
+        return pairs
+
+    # -- losses ---------------------------------------------------------------------------------
+    def scaled_loss(self, f: np.ndarray,
+                    probe_outputs: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
+                    scaled: tuple[float, float, float] | None = None) -> tuple[float, float, float, float, float]:
+        """(a, b, loss, mre, violation) of raw tree outputs ``f`` on the training rows.
+
+        ``probe_outputs()`` gives the raw outputs on the probe pairs (evaluated
+        only when needed); ``scaled`` = (a, b, mre) when already known.
+        """
+        if not np.all(np.isfinite(f)):
+            return 0.0, 0.0, math.inf, math.inf, 1.0
+        a, b, mre = scaled if scaled is not None else (*self.scale(f), math.nan)
+        if scaled is None:
+            mre = self.mre(a * f + b)
+        violation = 0.0
+        if self.probe_sizes and probe_outputs is not None and math.isfinite(mre):
+            violation = violation_fraction((a * lo + b, a * hi + b) for lo, hi in probe_outputs())
+        return a, b, constrained_loss(mre, violation, self.mode), mre, violation
+
+    def formula_loss(self, predict: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> tuple[float, float, float]:
+        """(loss, plain MRE, violation fraction) of a finished formula: ``predict`` maps feature columns
+        to predictions (no scaling, no constant fit)."""
+        with np.errstate(all="ignore"):
+            mre = self.mre(np.asarray(predict(dict(zip(self.features, self.X))), dtype=np.float64))
+            violation = 0.0
+            if self.probe_sizes and math.isfinite(mre):
+                violation = violation_fraction((predict(lo), predict(hi)) for lo, hi in self.probe_pairs())
+        return constrained_loss(mre, violation, self.mode), mre, violation
+
+    @staticmethod
+    def run(fn: Callable[..., Any], c: Sequence[float], arrays: Sequence[np.ndarray], n: int) -> np.ndarray:
+        """``fn(c, *arrays)`` as a float64 array of length ``n`` (a constant tree broadcast)."""
+        out = np.asarray(fn(c, *arrays), dtype=np.float64)
+        return out if out.shape == (n,) else np.broadcast_to(out, (n,))
+
+    def fit(self, fn: Callable[..., Any], consts: list[float]) -> Fit:
+        """Scale, fit the constants of and score a compiled tree ``fn(c, *feature_arrays)`` (steps 1–4)."""
+        n = self.n_rows
+        evals = 1
+        with np.errstate(all="ignore"):
+            f = self.run(fn, consts, self.X, n)
+            if not np.all(np.isfinite(f)):
+                return Fit(consts, 0.0, 0.0, math.inf, math.inf, 1.0, evals, 0)
+            a, b = self.scale(f)
+            mre = self.mre(a * f + b)
+            if consts and self.max_nfev > 0:
+                fitted, calls = self.fit_constants(fn, consts)
+                evals += calls
+                if fitted is not None:
+                    f2 = self.run(fn, fitted, self.X, n)
+                    evals += 1
+                    if np.all(np.isfinite(f2)):
+                        a2, b2 = self.scale(f2)
+                        mre2 = self.mre(a2 * f2 + b2)
+                        if mre2 < mre:
+                            consts, f, a, b, mre = fitted, f2, a2, b2, mre2
+            probe_rows = 2 * sum(self.probe_sizes) if self.probe_sizes and math.isfinite(mre) else 0
+            final = consts
+            a, b, loss, mre, violation = self.scaled_loss(
+                f, lambda: self.split_probes(self.run(fn, final, self.P, probe_rows)), (a, b, mre))
+        return Fit(consts, a, b, loss, mre, violation, evals, probe_rows)
+
+    def fit_constants(self, fn: Callable[..., Any], consts: list[float]) -> tuple[list[float] | None, int]:
+        """Levenberg–Marquardt (``least_squares(method="lm")``) on the constants, ``a, b`` projected out.
+
+        The residuals are the relative errors scaled by ``sqrt(w / Σw)`` plus a tiny ridge
+        ``sqrt(CONST_RIDGE)·(c − c₀)/max(1, |c₀|)`` that pins the directions the fit does not
+        determine (an additive constant or a common factor of the tree, absorbed by ``a, b``).
+        Returns (the constants, or None when the fit failed or changed nothing; evaluations made).
+        """
+        from scipy.optimize import least_squares
+
+        calls = 0
+        n = self.n_rows
+        u, su, ym, yc, y, sw = self._u, self._su, self._ym, self._yc, self.y, self._rel_scale
+        c0 = np.asarray(consts, dtype=np.float64)
+        k = c0.shape[0]
+        ridge = math.sqrt(CONST_RIDGE) / np.maximum(1.0, np.abs(c0))
+        bad = np.concatenate([self._bad, np.zeros(k)])
+        last: list[Any] = [None, None]
+
+        def residual(c: np.ndarray) -> np.ndarray:
+            nonlocal calls
+            calls += 1
+            f = self.run(fn, c, self.X, n)
+            a, b = _scale(f, u, su, ym, yc)
+            r = np.concatenate([sw * (a * f + b - y), ridge * (c - c0)])
+            if not math.isfinite(float(np.dot(r, r))):
+                r = bad
+            last[0], last[1] = c.copy(), r
+            return r
+
+        def jacobian(c: np.ndarray) -> np.ndarray:
+            r0 = last[1] if last[0] is not None and np.array_equal(last[0], c) else residual(c)
+            jac = np.empty((n + k, k))
+            for j in range(k):
+                step = c.copy()
+                step[j] += _FD_STEP * max(1.0, abs(c[j]))
+                jac[:, j] = (residual(step) - r0) / (step[j] - c[j])
+            return jac
+
+        try:
+            fit = least_squares(residual, c0, jac=jacobian, method="lm", max_nfev=self.max_nfev)
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            return None, calls
+        c = [float(v) for v in fit.x]
+        if not all(math.isfinite(v) for v in c) or c == consts:
+            return None, calls
+        return c, calls
+
+
+# =============================================================================== complexity and front
+
+
+def complexity(expr: "sympy.Expr") -> int:
+    """Operator-table complexity of an expression: the weight of its canonical prefix form.
+
+    A leaf (symbol, number) counts 1, an operator its table weight; sympy's
+    ``Add``/``Mul`` read as ``add``, ``sub`` (a term with coefficient −1),
+    ``neg``, ``mul`` and ``div`` (factors with negative exponents), other
+    forms through the table's patterns (``x**2`` = ``square``, ``Max(0, u)``
+    = ``relu``, ``Max`` of ``n`` arguments = ``n − 1`` ``max`` …); a node
+    outside the table (``x**4``, ``exp``) costs
+    :data:`~search_spaces.operators.FALLBACK_COMPLEXITY` plus its arguments.
+    This is the complexity of sympy's canonical form, which may differ from
+    that of the tree an engine built (sympy folds ``x*x`` into ``x**2``).
+
+    Raises
+    ------
+    StepMLError
+        If ``expr`` is not a scalar sympy expression.
+    """
+    import sympy
+
+    from search_spaces.prefix import from_sympy, weight
+
+    try:
+        e = sympy.sympify(expr)
+    except (sympy.SympifyError, TypeError) as exc:
+        raise StepMLError(f"not a sympy expression: {expr!r}") from exc
+    if not isinstance(e, sympy.Expr):
+        raise StepMLError(f"not a scalar sympy expression: {expr!r}")
+    return weight(from_sympy(e))
+
+
+def pareto_mask(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray:
+    """True for rows not dominated in (complexity, loss); ties keep the first row; non-finite losses never."""
+    c = np.asarray(complexity, dtype=float)
+    l = np.asarray(loss, dtype=float)
+    order = np.lexsort((np.arange(len(c)), l, c))
+    keep = np.zeros(len(c), dtype=bool)
+    best = math.inf
+    for i in order:
+        if np.isfinite(l[i]) and l[i] < best:
+            keep[i] = True
+            best = l[i]
+    return keep
+
+
+_C = TypeVar("_C")
+
+
+def pareto_front(candidates: Iterable[_C]) -> list[_C]:
+    """The candidates (with ``complexity`` and ``loss``) not dominated, by complexity; ties keep the first."""
+    items = list(candidates)
+    keep = pareto_mask([c.complexity for c in items], [c.loss for c in items])  # type: ignore[attr-defined]
+    chosen = [c for c, k in zip(items, keep) if k]
+    return sorted(chosen, key=lambda c: c.complexity)  # type: ignore[attr-defined]
