@@ -7,7 +7,8 @@ Writes ``AUDIT.md`` and PNG plots into the export folder:
   batch; INV-M-2 deterministic; INV-M-3 no side effects; INV-M-4 prediction
   time < 1 ms at batch 128; INV-M-5 monotone in prefill, decode and KV tokens
   (fraction of violating probe pairs on an extrapolation grid over the
-  server's limits); INV-M-6 |MSPE| < 5 % on validation;
+  server's limits); INV-M-6 |MSPE| < 5 % on validation; INV-M-7 never below
+  the roofline lower bound (peak FLOP/s and HBM bandwidth) on that grid;
 - errors per experiment, model and workload with bootstrap CIs against the
   baselines (and Wilcoxon p-values of per-experiment errors);
 - residual plots, behaviour outside the training range, the effect of constant rounding.
@@ -109,7 +110,7 @@ def _template(dataset) -> dict[str, float]:
 
 
 def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split) -> dict[str, dict[str, Any]]:
-    """Check INV-M-1 … INV-M-6; each entry ``{"pass": bool, "value": ..., "detail": str}``."""
+    """Check INV-M-1 … INV-M-7; each entry ``{"pass": bool, "value": ..., "detail": str}``."""
     from evaluation.metrics import mspe
     from evaluation.probes import AXES, extrapolation_grid, perturb
 
@@ -167,7 +168,30 @@ def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split)
     val = split.val
     m = float(mspe(dataset.y[val], data_pred[val]))
     out["INV-M-6"] = {"pass": bool(abs(m) < 5.0), "value": m, "detail": "|MSPE| on the validation part < 5 %"}
+    out["INV-M-7"] = roofline_invariant(grid, grid_pred, nonempty)
     return out
+
+
+def roofline_invariant(grid: pd.DataFrame, pred: np.ndarray, nonempty: np.ndarray) -> dict[str, Any]:
+    """INV-M-7: never faster than physics allows — no prediction below the roofline lower bound on the grid.
+
+    The bound (``rl_bound``: max of the step's GEMM FLOPs at peak FLOP/s and its
+    HBM bytes at peak bandwidth) needs the architecture and hardware columns; an
+    audit of data without them passes with the bound reported as unknown.
+    """
+    from features import catalog
+
+    bound_feature = catalog.get_feature("rl_bound")
+    if not bound_feature.available_in(grid.columns):
+        return {"pass": True, "value": None, "detail": "roofline lower bound unknown (no architecture/hardware columns)"}
+    bound = np.broadcast_to(np.asarray(bound_feature.compute(grid), dtype=float), pred.shape)
+    below = nonempty & (pred < bound * (1 - 1e-9))
+    ratio = pred[nonempty] / np.maximum(bound[nonempty], 1e-300)
+    return {"pass": not bool(below.any()),
+            "value": {"below": int(below.sum()), "grid_batches": int(nonempty.sum()),
+                      "min_ratio_to_bound": float(np.min(ratio)) if ratio.size else None},
+            "detail": "no non-empty grid batch predicted below max(GEMM FLOPs / peak FLOP/s, HBM bytes / peak "
+                      "bandwidth)"}
 
 
 def formula_py_is_generated(export_dir: Path, doc: dict[str, Any], predictor) -> bool:

@@ -91,6 +91,12 @@ class CalibrationSettings:
         Replay with vLLM's one-step-ahead scheduling.
     step_weight : float
         Weight of the step-trace residuals against the request residuals.
+    prior_weight : float
+        Weight of the pull of each constant towards its starting value (relative
+        deviation, squared). It settles the directions the data cannot tell
+        apart — with three tensor-parallel models a per-layer cost and a
+        per-all-reduce cost are the same thing, and a one-GPU model then depends
+        on how they were split — and is too weak to move an identified constant.
     """
 
     requests_per_stage: int = 1500
@@ -101,12 +107,23 @@ class CalibrationSettings:
     seed: int = 0
     async_scheduling: bool = True
     step_weight: float = 1.0
+    prior_weight: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.requests_per_stage < 0 or self.max_iterations < 1 or not self.budget_s > 0:
             raise StepMLError("calibration needs --requests >= 0, --iterations >= 1 and --budget > 0")
-        if not (self.tol >= 0 and self.warmup_s >= 0 and self.step_weight >= 0):
-            raise StepMLError("calibration needs --tol, warm-up and step weight >= 0")
+        if not (self.tol >= 0 and self.warmup_s >= 0 and self.step_weight >= 0 and self.prior_weight >= 0):
+            raise StepMLError("calibration needs --tol, warm-up, step and prior weights >= 0")
+
+
+def _parametrize(expr: sympy.Expr, values: list[float]) -> sympy.Expr:
+    """``expr`` with every Float occurrence replaced by a new symbol ``theta_i`` (its value appended to ``values``)."""
+    if isinstance(expr, sympy.Float):
+        values.append(float(expr))
+        return sympy.Symbol(f"theta_{len(values) - 1}")
+    if not expr.args:
+        return expr
+    return expr.func(*[_parametrize(a, values) for a in expr.args])
 
 
 class ParamFormula:
@@ -119,15 +136,16 @@ class ParamFormula:
     """
 
     def __init__(self, expr: sympy.Expr) -> None:
-        from discovery.formula import constants_of
         from search_spaces.numeric import lambdify_formula
         from search_spaces.symbols import symbol_name
 
         self.expr = expr
         self.features = tuple(sorted(str(s) for s in expr.free_symbols))
-        self.floats = constants_of(expr)
-        self.params = tuple(sympy.Symbol(f"theta_{i}") for i in range(len(self.floats)))
-        template = expr.xreplace(dict(zip(self.floats, self.params)))
+        values: list[float] = []
+        template = _parametrize(expr, values)
+        self.values = tuple(values)
+        self.params = tuple(sympy.Symbol(f"theta_{i}") for i in range(len(values)))
+        self.template = template
         definitions = {sympy.Symbol(f): catalog.get_feature(f).sympy_expr() for f in self.features}
         canonical = template.xreplace(definitions)
         self.columns = tuple(sorted(s.name for s in canonical.free_symbols if s not in self.params))
@@ -136,8 +154,8 @@ class ParamFormula:
 
     @property
     def x0(self) -> np.ndarray:
-        """The formula's own constants."""
-        return np.array([float(f) for f in self.floats], dtype=float)
+        """The formula's own constants (one per occurrence: equal values are not tied)."""
+        return np.array(self.values, dtype=float)
 
     def durations(self, theta: Sequence[float], columns: Mapping[str, Any], n: int) -> np.ndarray:
         """Step times (µs) for parameter values ``theta`` on ``n`` rows of canonical columns."""
@@ -148,7 +166,7 @@ class ParamFormula:
 
     def with_values(self, theta: Sequence[float]) -> sympy.Expr:
         """The formula with ``theta`` in place of its constants."""
-        return self.expr.xreplace({f: sympy.Float(float(t)) for f, t in zip(self.floats, theta)})
+        return self.template.xreplace({p: sympy.Float(float(t)) for p, t in zip(self.params, theta)})
 
 
 @dataclass(frozen=True)
@@ -277,12 +295,14 @@ def loss_of(req: Mapping[str, Mapping[str, Sequence[float]]], steps: Mapping[str
 
 def residual_vector(formula: ParamFormula, anchors: Sequence[Anchor], rows: Sequence[StepRows],
                     settings: CalibrationSettings, x: np.ndarray) -> np.ndarray:
-    """Residuals minimised by the inner fit: request errors per window, scaled step errors."""
+    """Residuals minimised by the inner fit: request errors per window, scaled step errors, the prior's pull."""
     k = len(formula.params)
     req = request_errors(formula, anchors, x)
     parts = [np.array([e for windows in req.values() for w in windows.values() for e in w], dtype=float)]
     for errors in step_errors(formula, rows, x[:k]).values():
         parts.append(errors * math.sqrt(settings.step_weight / max(1, errors.size)))
+    prior = formula.x0
+    parts.append(math.sqrt(settings.prior_weight) * (x[:k] - prior) / np.maximum(np.abs(prior), 1e-12))
     res = np.concatenate(parts)
     return np.where(np.isfinite(res), res, 1e3)
 
@@ -458,11 +478,11 @@ def load_formula(spec: str) -> tuple[sympy.Expr, str]:
         return predictor.expr, f"artifact {doc.get('name', path)}"
     if not (path / "hall_of_fame.csv").is_file():
         raise StepMLError(f"formula not found: {spec} (a run directory[:ROW] or an artifact)")
-    from discovery.pareto import front_of, pick_row
-    from discovery.rundir import expr_of, read_hof
+    from discovery.pareto import pick_row
+    from discovery.rundir import expr_of, reviewed_front
 
-    front = front_of(read_hof(path))
-    return expr_of(front.iloc[pick_row(front, row)]), f"{path.name}:{row}"
+    front, eligible = reviewed_front(path)
+    return expr_of(front.iloc[pick_row(front, row, eligible)]), f"{path.name}:{row}"
 
 
 def build_parser() -> argparse.ArgumentParser:

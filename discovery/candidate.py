@@ -86,6 +86,9 @@ class Problem:
     Feature arrays are float64, keyed by feature name. ``probes`` maps a
     monotone axis to (features at lo, features at hi) of probe pairs;
     ``probe_rows`` holds features of the rows used for the positivity check.
+    ``floor_train`` is the roofline lower bound (``rl_bound``, µs) of each
+    training row when the data has the architecture and hardware to compute
+    it: a prediction below it is faster than physics allows.
     """
 
     space: SearchSpace
@@ -98,6 +101,7 @@ class Problem:
     w_val: np.ndarray | None
     probes: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=dict)
     seed: int = 0
+    floor_train: np.ndarray | None = None
 
 
 def _features_of(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -124,6 +128,10 @@ def build_problem(dataset: Dataset, split: Split, space: SearchSpace, seed: int 
     if space.constraint_mode != "off" and len(train):
         for axis, (lo, hi) in probe_pairs(train.reset_index(drop=True), rng, probe_rows, monotone).items():
             probes[axis] = (_features_of(lo, features), _features_of(hi, features))
+    floor = None
+    bound = catalog.get_feature("rl_bound")
+    if space.constraint_mode != "off" and space.roofline_floor and bound.available_in(frame.columns) and len(train):
+        floor = _features_of(train, ("rl_bound",))["rl_bound"]
     return Problem(space, features, _features_of(train, features), dataset.y[split.train],
                    None if w is None else w[split.train], _features_of(val, features), dataset.y[split.val],
-                   None if w is None else w[split.val], probes, seed)
+                   None if w is None else w[split.val], probes, seed, floor)

@@ -160,15 +160,17 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     """Export one front member of a run; return the output folder."""
     from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
     from features.splits import save_splits
-    from discovery.pareto import front_of, pick_row
-    from discovery.rundir import expr_of, read_hof, read_run_json
+    from discovery.pareto import pick_row
+    from discovery.rundir import expr_of, read_run_json
     from search_spaces.objective import complexity
 
     from features.io import check_writable_dir
 
-    hof, info = read_hof(run_dir), read_run_json(run_dir)
-    front = front_of(hof)
-    row_index = pick_row(front, pick)
+    from discovery.rundir import reviewed_front
+
+    info = read_run_json(run_dir)
+    front, eligible = reviewed_front(run_dir)
+    row_index = pick_row(front, pick, eligible)
     row = front.iloc[row_index]
     name = check_export_name(f"{run_dir.name}-{pick}" if name is None else name)
     out_dir = Path(out) if out else EXPORTED_DIR / name

@@ -196,6 +196,17 @@ class ArtifactPredictor:
     expr: sympy.Expr
     definitions: dict[str, sympy.Expr]
     name: str = "artifact"
+    overheads: dict[str, float] | None = None
+    async_scheduling: bool | None = None
+
+    def step_function(self, constants: Mapping[str, float]) -> Any:
+        """A compiled scalar step-time function for a simulator (as :meth:`FormulaPredictor.step_function`)."""
+        from discovery.printers.python import scalar_function
+
+        canonical = self.expr.xreplace({sympy.Symbol(k): d for k, d in self.definitions.items()})
+        canonical = canonical.xreplace({s: sympy.Float(float(constants[s.name])) for s in canonical.free_symbols
+                                        if s.name in constants})
+        return scalar_function(canonical)
 
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
         """Evaluate the exported formula on canonical columns (one step or many)."""
@@ -232,7 +243,25 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
         found = doc.get("schema") if isinstance(doc, dict) else None
         raise StepMLError(f"{path}: not a StepML artifact (schema {found!r}, expected {ARTIFACT_SCHEMA})")
     expr, defs = artifact_formula(doc, path)
-    return doc, ArtifactPredictor(expr, defs, str(doc.get("name", "artifact")))
+    return doc, ArtifactPredictor(expr, defs, str(doc.get("name", "artifact")), *artifact_replay_settings(doc, path))
+
+
+def artifact_replay_settings(doc: Mapping[str, Any], source: Path | str = "artifact") -> tuple[dict[str, float] | None,
+                                                                                              bool | None]:
+    """The request overheads (s) and the scheduling mode a calibrated artifact carries (None when absent)."""
+    over = doc.get("overheads")
+    overheads = None
+    if over is not None:
+        try:
+            overheads = {"queue_overhead_s": float(over.get("queueing_us", 0.0)) / 1e6,
+                         "end_overhead_s": float(over.get("post_decode_us", 0.0)) / 1e6}
+        except (AttributeError, TypeError, ValueError):
+            raise StepMLError(f"{source}: 'overheads' must map queueing_us/post_decode_us to numbers") from None
+        if not all(np.isfinite(v) and v >= 0 for v in overheads.values()):
+            raise StepMLError(f"{source}: overheads must be finite and >= 0")
+    scheduler = doc.get("scheduler")
+    mode = scheduler.get("async_scheduling") if isinstance(scheduler, dict) else None
+    return overheads, (bool(mode) if isinstance(mode, bool) else None)
 
 
 def artifact_formula(doc: Mapping[str, Any], source: Path | str = "artifact") -> tuple[sympy.Expr, dict[str, sympy.Expr]]:

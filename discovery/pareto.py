@@ -34,13 +34,18 @@ def pysr_score(complexity: Sequence[float], loss: Sequence[float]) -> np.ndarray
     return score
 
 
-def select(kind: str, complexity: Sequence[float], loss: Sequence[float]) -> int:
+def select(kind: str, complexity: Sequence[float], loss: Sequence[float],
+           replay_loss: Sequence[float] | None = None, eligible: Sequence[bool] | None = None) -> int:
     """Index of the selected front member.
 
-    ``best``: PySR's rule, highest score among rows with loss ≤ 1.5 × the minimum;
+    ``best``: among rows with loss ≤ 1.5 × the minimum, the lowest replay loss
+    (E2E + TTFT + ITL error of replayed experiments) when the front was replayed,
+    else PySR's rule (highest score);
     ``accuracy``: lowest loss; ``score``: highest score;
     ``knee``: farthest from the chord between the simplest and the most accurate
     member in (complexity, log loss), both normalised to [0, 1].
+    ``eligible`` (default all) removes rows from ``best`` (a formula without
+    prefill dependence on data with prefill steps), unless it would leave none.
     """
     c = np.asarray(complexity, dtype=float)
     l = np.asarray(loss, dtype=float)
@@ -49,6 +54,15 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float]) -> int
     finite = np.isfinite(l)
     if not finite.any():
         raise StepMLError("no front member has a finite loss")
+    allowed = np.ones(len(c), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    if kind == "best" and (finite & allowed).any():
+        finite_best = finite & allowed
+        ok = finite_best & (l <= 1.5 * np.nanmin(l[finite_best]))
+        r = None if replay_loss is None else np.asarray(replay_loss, dtype=float)
+        if r is not None and np.isfinite(r[ok]).any():
+            return int(np.argmin(np.where(ok & np.isfinite(r), r, np.inf)))
+        s = pysr_score(c, np.where(finite, l, np.inf))
+        return int(np.argmax(np.where(ok, s, -np.inf)))
     s = pysr_score(c, np.where(finite, l, np.inf))
     if kind == "accuracy":
         return int(np.argmin(np.where(finite, l, np.inf)))
@@ -88,12 +102,24 @@ def loss_column(front: pd.DataFrame) -> str:
     return "val_mape" if "val_mape" in front.columns and front["val_mape"].notna().any() else "Loss"
 
 
-def pick_row(front: pd.DataFrame, pick: str) -> int:
-    """``best|accuracy|knee|score`` or a row number of the front."""
+#: Replay error columns a reviewed front may carry (``discovery.review --experiments``).
+REPLAY_COLUMNS = ("e2e_err", "ttft_err", "itl_err")
+
+
+def replay_loss(front: pd.DataFrame) -> np.ndarray | None:
+    """E2E + TTFT + ITL replay error (%) per front row, or None when the front was not replayed."""
+    if not all(c in front.columns for c in REPLAY_COLUMNS):
+        return None
+    values = front[list(REPLAY_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return values.sum(axis=1)
+
+
+def pick_row(front: pd.DataFrame, pick: str, eligible: Sequence[bool] | None = None) -> int:
+    """``best|accuracy|knee|score`` or a row number of the front (``best`` sees replay columns; see :func:`select`)."""
     if pick.isdigit():
         k = int(pick)
         if not 0 <= k < len(front):
             raise StepMLError(f"--pick {k}: the front has rows 0..{len(front) - 1}")
         return k
     col = loss_column(front)
-    return select(pick, front["Complexity"].to_numpy(float), front[col].to_numpy(float))
+    return select(pick, front["Complexity"].to_numpy(float), front[col].to_numpy(float), replay_loss(front), eligible)

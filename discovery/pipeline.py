@@ -212,7 +212,16 @@ def _run_info(config: SearchConfig, dataset: "Dataset", split: "Split", engines:
         "settings": config.to_json(),
         "rows": {"train": int(len(split.train)), "val": int(len(split.val)), "test": int(len(split.test))},
         "packages": package_versions(), LOSS_UNIT[0]: LOSS_UNIT[1],
+        "data_has_prefill": _has_prefill(dataset),
     }
+
+
+def _has_prefill(dataset: "Dataset") -> bool | None:
+    """Whether any step of the data processes prompt tokens (None when the data has no such column)."""
+    frame = dataset.frame
+    if "batch.prefill_tokens" not in frame.columns:
+        return None
+    return bool((frame["batch.prefill_tokens"].to_numpy(dtype=float) > 0).any())
 
 
 def _check_resume(run_dir: Path, info: Mapping[str, Any]) -> None:

@@ -1,9 +1,16 @@
 """``python -m discovery.review [RUN_DIR]``: the Pareto front of a run, with selections marked.
 
 Prints the validation front (complexity × validation MAPE) and marks
-``best`` (PySR's rule: highest score among rows with loss ≤ 1.5 × the minimum),
-``accuracy`` and ``knee``; writes ``pareto.png`` and ``report.md`` into the run
-directory. Default: the latest run under ``results/``.
+``best``, ``accuracy`` and ``knee``; writes ``pareto.png`` and ``report.md`` into the
+run directory. Default: the latest run under ``results/``.
+
+``best`` is PySR's rule (highest score among rows with loss ≤ 1.5 × the
+minimum) until the front is replayed: ``--experiments`` replays every member
+(async scheduling) and saves the errors in ``replay.json``; from then on
+``best`` — here, in ``export``, ``replay`` and ``calibrate`` — is the row with the
+lowest E2E + TTFT + ITL error among those within 1.5 × the lowest validation
+error. When the run's data contain prefill steps, a formula with no prefill
+dependence is never ``best``.
 """
 from __future__ import annotations
 
@@ -14,21 +21,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from discovery.pareto import front_of, loss_column, pick_row, select
-from discovery.rundir import expr_of, latest_run, read_hof, read_run_json
+from discovery.pareto import REPLAY_COLUMNS, loss_column, pick_row
+from discovery.rundir import REPLAY_FILE, expr_of, latest_run, read_hof, read_run_json, reviewed_front
 from features.cli import run
 from features.errors import StepMLError
 from features.io import atomic_write_bytes, atomic_write_text
 
 MARKS = ("best", "accuracy", "knee")
-REPLAY_COLUMNS = ("e2e_err", "ttft_err", "itl_err")
 
 
-def selections(front: pd.DataFrame) -> dict[str, int]:
+def selections(front: pd.DataFrame, eligible: Sequence[bool] | None = None) -> dict[str, int]:
     """Row index of each selection in ``front`` (``e2e`` too when replay columns exist)."""
-    col = loss_column(front)
-    c, l = front["Complexity"].to_numpy(float), front[col].to_numpy(float)
-    marks = {kind: select(kind, c, l) for kind in MARKS}
+    marks = {kind: pick_row(front, kind, eligible) for kind in MARKS}
     if "e2e_err" in front.columns and front["e2e_err"].notna().any():
         marks["e2e"] = int(front["e2e_err"].astype(float).fillna(np.inf).to_numpy().argmin())
     return marks
@@ -51,13 +55,15 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     out = front.copy()
     for col in REPLAY_COLUMNS:
         out[col] = np.nan
+    options = {"capacity": False, "explain": False, "async_scheduling": True}
     for i, row in front.iterrows():
         predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), name=f"row {i}")
-        overheads = calibrate_overheads(_resolve_experiment(calibrate_on), predictor, seed) if calibrate_on else {}
+        overheads = calibrate_overheads(_resolve_experiment(calibrate_on), predictor, seed, **options) \
+            if calibrate_on else {}
         errs = {col: [] for col in REPLAY_COLUMNS}
         for d in dirs:
             try:
-                e = replay_experiment(d, predictor, seed, capacity=False, explain=False, **overheads).errors()
+                e = replay_experiment(d, predictor, seed, **options, **overheads).errors()
             except (ValueError, StepMLError):  # the formula gave a non-positive step time
                 e = {col: np.inf for col in REPLAY_COLUMNS}
             for col in REPLAY_COLUMNS:
@@ -65,6 +71,17 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
         for col in REPLAY_COLUMNS:
             out.loc[i, col] = float(np.mean(errs[col]))
     return out
+
+
+def save_replay(run_dir: Path, front: pd.DataFrame, experiments: Sequence[str], calibrate_on: str | None,
+                seed: int) -> Path:
+    """Write the front's replay errors to ``replay.json`` (keyed by each row's exact formula), atomically."""
+    from features.io import atomic_write_json, json_safe
+
+    rows = {str(r["sympy"]): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
+    doc = {"experiments": [str(e) for e in experiments], "calibrate_on": calibrate_on, "seed": seed,
+           "scheduling": "async", "rows": rows}
+    return atomic_write_json(run_dir / REPLAY_FILE, json_safe(doc))
 
 
 def front_table(front: pd.DataFrame, marks: dict[str, int]) -> str:
@@ -160,14 +177,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else latest_run()
     if not run_dir.is_dir():
         raise StepMLError(f"run directory not found: {run_dir}")
+    if args.seed < 0:
+        raise StepMLError(f"--seed must be >= 0, got {args.seed}")
     hof = read_hof(run_dir)
     info = read_run_json(run_dir)
-    front = front_of(hof)
+    front, eligible = reviewed_front(run_dir)
     for _, row in front.iterrows():  # every formula is read (safely) before anything is replayed or written
         expr_of(row)
     if args.experiments:
-        front = replay_columns(front, args.experiments, args.calibrate_on, args.seed)
-    marks = selections(front)
+        front = replay_columns(front.drop(columns=[c for c in REPLAY_COLUMNS if c in front.columns]),
+                               args.experiments, args.calibrate_on, args.seed)
+        save_replay(run_dir, front, args.experiments, args.calibrate_on, args.seed)
+    marks = selections(front, eligible)
     print(f"run: {run_dir}   space: {info.get('space')}   data: {info.get('data')}")
     print(front_table(front, marks))
     plot_front(front, hof, marks, run_dir / "pareto.png", f"{run_dir.name}")

@@ -289,3 +289,45 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+#: Canonical columns through which a formula depends on prompt (prefill) work.
+PREFILL_COLUMNS = ("batch.prefill_tokens", "batch.scheduled_tokens", "batch.num_prefill_reqs",
+                   "batch.prefill_context_sum")
+REPLAY_FILE = "replay.json"
+
+
+def uses_prefill(expr: "sympy.Expr") -> bool:
+    """Whether a formula's features read any prefill column (:data:`PREFILL_COLUMNS`)."""
+    from features import catalog
+
+    for symbol in expr.free_symbols:
+        if symbol.name in catalog.registry() and set(catalog.get_feature(symbol.name).inputs) & set(PREFILL_COLUMNS):
+            return True
+    return False
+
+
+def reviewed_front(run_dir: Path) -> tuple["pd.DataFrame", "np.ndarray"]:
+    """A run's front with the replay errors ``review --experiments`` saved, and the rows ``best`` may pick.
+
+    A formula with no prefill dependence cannot be picked when the run's data
+    contain prefill steps (``run.json`` ``data_has_prefill``): it would make
+    prompts free in a simulator.
+    """
+    from discovery.pareto import REPLAY_COLUMNS, front_of
+    from features.io import read_json
+
+    front = front_of(read_hof(run_dir))
+    path = Path(run_dir) / REPLAY_FILE
+    if path.is_file():
+        saved = read_json(path, "replay results")
+        rows = saved.get("rows") if isinstance(saved, dict) else None
+        if isinstance(rows, dict) and "sympy" in front.columns:
+            for col in REPLAY_COLUMNS:
+                front[col] = [float(rows.get(key, {}).get(col, np.nan)) if isinstance(rows.get(key), dict) else np.nan
+                              for key in front["sympy"].astype(str)]
+    info = read_run_json(run_dir) if (Path(run_dir) / "run.json").is_file() else {}
+    eligible = np.ones(len(front), dtype=bool)
+    if info.get("data_has_prefill"):
+        eligible = np.array([uses_prefill(expr_of(row)) for _, row in front.iterrows()], dtype=bool)
+    return front, eligible

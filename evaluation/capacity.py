@@ -140,8 +140,11 @@ def service_capacity(requests: pd.DataFrame, config: SchedulerConfig,
     """
     if waves < 2:
         raise StepMLError(f"service_capacity: waves must be >= 2, got {waves}")
+    fits = (requests["input_tokens"].to_numpy() < config.max_model_len) & (
+        requests["input_tokens"].to_numpy() + requests["output_tokens"].to_numpy() <= config.max_model_len)
+    requests = requests.loc[fits]          # the server rejects the others at once (HTTP 400)
     if requests.empty:
-        raise StepMLError("service_capacity: no requests")
+        raise StepMLError(f"service_capacity: no request fits max_model_len {config.max_model_len}")
     n = waves * int(config.max_num_seqs)
     cols = {c: np.resize(requests[c].to_numpy(dtype=np.int64), n)
             for c in ("input_tokens", "output_tokens", "prefix_group", "prefix_len") if c in requests.columns}

@@ -185,11 +185,11 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     run_dir = Path(path_part)
     if not run_dir.is_dir():
         raise StepMLError(f"predictor not found: {path_part} (expected RUN_DIR[:ROW] or baseline:NAME)")
-    from discovery.pareto import front_of, pick_row
-    from discovery.rundir import expr_of, read_hof
+    from discovery.pareto import pick_row
+    from discovery.rundir import expr_of, reviewed_front
 
-    front = front_of(read_hof(run_dir))
-    k = pick_row(front, row)
+    front, eligible = reviewed_front(run_dir)
+    k = pick_row(front, row, eligible)
     expr = expr_of(front.iloc[k])
     return FormulaPredictor(expr, tuple(catalog.registry()), name=f"{run_dir.name}:{row}")
 

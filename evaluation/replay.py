@@ -539,6 +539,14 @@ def _notes(setup: ExperimentSetup, measured: Mapping[str, LifecycleSummary],
            predicted: Mapping[str, LifecycleSummary], limits: ClientLimits | None, max_requests: int | None,
            load: LoadReport | None) -> tuple[str, ...]:
     notes = list(setup.notes)
+    if not (setup.exp_dir / "results").is_dir():
+        notes.append("no results/ folder: nothing measured to compare, and profile.yaml is replayed as written "
+                     "(without results/config.yaml, the record of what inference-perf really ran)")
+    inp, out = setup.requests["input_tokens"].to_numpy(), setup.requests["output_tokens"].to_numpy()
+    rejected = int(np.count_nonzero((inp >= setup.config.max_model_len) | (inp + out > setup.config.max_model_len)))
+    if rejected:
+        notes.append(f"{rejected} of {inp.size} requests exceed max_model_len {setup.config.max_model_len} "
+                     "(prompt + output) and are rejected at once, as vLLM answers them (HTTP 400)")
     if max_requests is not None:
         notes.append(f"only the first {max_requests} requests of each stage: measured windows not compared")
     timeout = f"client timeout {limits.timeout_s:g} s" if limits and limits.timeout_s else "no client timeout"

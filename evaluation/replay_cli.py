@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no client timeout: serve every request however long it takes")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the explanation check of experiments with failed requests")
+    parser.add_argument("--scheduling", choices=("async", "sync"), default=None,
+                        help="vLLM's one-step-ahead (async, vLLM's default since 0.14) or one-step (sync) scheduling; "
+                             "default: the artifact's setting, else async")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -153,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m evaluation.replay``."""
     args = build_parser().parse_args(argv)
+    if args.seed < 0:
+        raise StepMLError(f"--seed must be >= 0, got {args.seed}")
     fit_exps = [e.strip() for e in args.fit_experiments.split(",") if e.strip()] if args.fit_experiments else None
     for label, value in (("--queue-overhead-s", args.queue_overhead_s), ("--post-overhead-s", args.post_overhead_s),
                          ("--end-overhead-s", args.end_overhead_s)):
@@ -162,8 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictor = load_predictor(args.predictor, args.fit_data, fit_exps)
     overheads = {"queue_overhead_s": args.queue_overhead_s, "post_overhead_s": args.post_overhead_s,
                  "end_overhead_s": args.end_overhead_s}
+    calibrated = getattr(predictor, "overheads", None)
+    if calibrated and not args.calibrate_on and not any(overheads.values()):
+        overheads.update(calibrated)      # an artifact of discovery.calibrate carries its own
+    default_async = getattr(predictor, "async_scheduling", None)
+    use_async = args.scheduling == "async" if args.scheduling else (True if default_async is None else default_async)
     if args.calibrate_on:
-        calibration = calibrate_overheads(resolve_experiment(args.calibrate_on), predictor, args.seed)
+        calibration = calibrate_overheads(resolve_experiment(args.calibrate_on), predictor, args.seed,
+                                          async_scheduling=use_async)
         overheads.update(calibration)
         if not args.json:
             print(f"calibrated on {Path(args.calibrate_on).name}: queue overhead "
@@ -183,14 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for exp in [e for e in experiments if not is_request_trace(e)]:
         result = replay_experiment(exp, predictor, args.seed, overheads["queue_overhead_s"],
                                    overheads["post_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
-                                   explain=not args.no_check, **options)
+                                   explain=not args.no_check, async_scheduling=use_async, **options)
         results[result.experiment_id] = result
         if not args.json:
             print(format_result(result))
             print()
     if args.json:
         print(json.dumps({"predictor": str(getattr(predictor, "name", "")), "seed": args.seed,
-                          "overheads": overheads, "calibrated_on": args.calibrate_on,
+                          "overheads": overheads, "scheduling": "async" if use_async else "sync", "calibrated_on": args.calibrate_on,
                           "client_timeout": not args.no_timeout,
                           "experiments": {**{k: r.to_json_dict() for k, r in results.items()}, **traces}}))
     return 0

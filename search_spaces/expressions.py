@@ -307,7 +307,7 @@ def parse_expression(text: str, resolve: Callable[[str], "sympy.Expr"],
         raise StepMLError(f"cannot parse {what} {shown!r}: {exc}") from None
     except SyntaxError as exc:
         raise StepMLError(f"cannot parse {what} {shown!r}: syntax error ({exc.msg})") from None
-    except RecursionError:
+    except (RecursionError, MemoryError):  # Python's own parser gives up on deep nesting with either
         raise StepMLError(f"cannot parse {what} {shown!r}: nested too deeply") from None
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, sympy.SympifyError) as exc:
         raise StepMLError(f"cannot parse {what} {shown!r}: {type(exc).__name__}: {exc}") from None

@@ -24,7 +24,10 @@ For the raw output ``f`` of a tree (DEAP, Operon), :class:`Objective`
    (``pred(hi) < pred(lo) − 1e-9·|pred(lo)|``) or either prediction is not
    finite and positive (:func:`violation_fraction`); ``penalise`` multiplies
    the error by ``1 + 10·fraction``, ``reject`` makes it ``inf`` if the
-   fraction is > 0 (:func:`constrained_loss`).
+   fraction is > 0 (:func:`constrained_loss`). Where the problem knows the
+   roofline lower bound of its training rows (``Problem.floor_train``), the
+   fraction of rows predicted below it (faster than the hardware's peak
+   FLOP/s and bandwidth allow) is added to the violation.
 
 A finished formula (an engine's candidate, a PySR equation) is measured the
 same way without steps 1–2 (:meth:`Objective.formula_loss`).
@@ -227,6 +230,10 @@ class Objective:
         self.P = tuple(np.ascontiguousarray(np.concatenate([b[j] for b in lo_blocks] + [b[j] for b in hi_blocks]))
                        for j in range(len(features))) if sizes else ()
         self.max_nfev = int(max_nfev)
+        floor = getattr(problem, "floor_train", None)
+        self.floor = None if floor is None or self.mode == "off" else np.ascontiguousarray(floor, dtype=np.float64)
+        if self.floor is not None and self.floor.shape != self.y.shape:
+            raise StepMLError("the roofline floor and the training target differ in length")
         self._setup()
 
     # -- derived state (rebuilt after unpickling) -----------------------------------------------
@@ -298,16 +305,27 @@ class Objective:
         violation = 0.0
         if self.probe_sizes and probe_outputs is not None and math.isfinite(mre):
             violation = violation_fraction((a * lo + b, a * hi + b) for lo, hi in probe_outputs())
+        if math.isfinite(mre):
+            violation = min(1.0, violation + self.below_floor(a * f + b))
         return a, b, constrained_loss(mre, violation, self.mode), mre, violation
+
+    def below_floor(self, pred: np.ndarray) -> float:
+        """Fraction of training rows predicted below the roofline lower bound (0 without a bound)."""
+        if self.floor is None:
+            return 0.0
+        return float(np.mean(pred < self.floor * (1.0 - PROBE_RTOL)))
 
     def formula_loss(self, predict: Callable[[Mapping[str, np.ndarray]], np.ndarray]) -> tuple[float, float, float]:
         """(loss, plain MRE, violation fraction) of a finished formula: ``predict`` maps feature columns
         to predictions (no scaling, no constant fit)."""
         with np.errstate(all="ignore"):
-            mre = self.mre(np.asarray(predict(dict(zip(self.features, self.X))), dtype=np.float64))
+            pred = np.asarray(predict(dict(zip(self.features, self.X))), dtype=np.float64)
+            mre = self.mre(pred)
             violation = 0.0
             if self.probe_sizes and math.isfinite(mre):
                 violation = violation_fraction((predict(lo), predict(hi)) for lo, hi in self.probe_pairs())
+            if math.isfinite(mre):
+                violation = min(1.0, violation + self.below_floor(np.broadcast_to(pred, self.y.shape)))
         return constrained_loss(mre, violation, self.mode), mre, violation
 
     @staticmethod

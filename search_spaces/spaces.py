@@ -59,6 +59,10 @@ class SearchSpace:
     default_target, default_split : str
     seed_formulas : tuple of str
         Formulas placed in the initial population (features by name; constants refitted).
+    roofline_floor : bool
+        Penalise predictions below the roofline lower bound (``rl_bound``) where the
+        data can compute it. Off for spaces whose features cannot express the
+        bound (a model-blind ``linear`` space on data of several models).
     """
 
     name: str
@@ -75,6 +79,7 @@ class SearchSpace:
     default_target: str = "cycle"
     default_split: str = "temporal"
     seed_formulas: tuple[str, ...] = field(default=())
+    roofline_floor: bool = True
 
     def __post_init__(self) -> None:
         from search_spaces.operators import get_operator
@@ -118,7 +123,7 @@ def _declare() -> tuple[SearchSpace, ...]:
                 "c0 + c1*rl_weight_read + c2*rl_kv_read + c3*rl_prefill_compute + c4*num_layers")),
         SearchSpace(
             "linear", "the simulator's blackbox shape (c0 + c1·prefill + c2·decode), as a sanity check",
-            ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2,
+            ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2, roofline_floor=False,
             seed_formulas=(blackbox,)),
     )
 

@@ -108,7 +108,7 @@ def test_trace_only_formula_is_refused_for_go(run_dir, tmp_path, capsys):
 def test_audit_writes_report_and_verdicts(exported, capsys):
     code = _run(audit.main, [str(exported), "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert set(result["invariants"]) == {f"INV-M-{i}" for i in range(1, 7)}
+    assert set(result["invariants"]) == {f"INV-M-{i}" for i in range(1, 8)}
     assert code == (0 if all(r["pass"] for r in result["invariants"].values()) else 1)
     assert result["invariants"]["INV-M-2"]["pass"] and result["invariants"]["INV-M-3"]["pass"]
     assert result["invariants"]["INV-M-1"]["value"]["empty_batch_us"] == 0.0
