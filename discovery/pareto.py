@@ -45,7 +45,9 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float],
     ``knee``: farthest from the chord between the simplest and the most accurate
     member in (complexity, log loss), both normalised to [0, 1].
     ``eligible`` (default all) removes rows from ``best`` (a formula without
-    prefill dependence on data with prefill steps), unless it would leave none.
+    prefill dependence on data with prefill steps), unless it would leave none;
+    the 1.5 × window is still measured from the front's lowest loss, and when it
+    holds no allowed row the most accurate allowed row is taken.
     """
     c = np.asarray(complexity, dtype=float)
     l = np.asarray(loss, dtype=float)
@@ -56,8 +58,9 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float],
         raise StepMLError("no front member has a finite loss")
     allowed = np.ones(len(c), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     if kind == "best" and (finite & allowed).any():
-        finite_best = finite & allowed
-        ok = finite_best & (l <= 1.5 * np.nanmin(l[finite_best]))
+        ok = finite & allowed & (l <= 1.5 * np.nanmin(l[finite]))
+        if not ok.any():  # every row near the lowest error is excluded: the most accurate allowed row
+            return int(np.argmin(np.where(finite & allowed, l, np.inf)))
         r = None if replay_loss is None else np.asarray(replay_loss, dtype=float)
         if r is not None and np.isfinite(r[ok]).any():
             return int(np.argmin(np.where(ok & np.isfinite(r), r, np.inf)))

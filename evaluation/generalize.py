@@ -40,12 +40,13 @@ __all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "default_experiments", "group_of",
 
 #: Physics prior formulas. Their constants are where calibration starts and what it is pulled towards
 #: (``CalibrationSettings.prior_weight``) in directions the training models cannot identify: memory at
-#: ~90 % of peak bandwidth, ~50 µs of kernel latency per layer, ~12 µs per tensor-parallel all-reduce,
+#: ~90 % of peak bandwidth, ~50 µs of kernel latency per layer, ~6 µs per all-reduce latency round (2 per
+#: layer × log2(tp): NCCL's tree depth for small messages, so ~12 µs per all-reduce at tp = 2),
 #: ~10 µs more per MoE layer (router and token permutation), ~25 µs per request, 0.3 ms per step.
 PRIORS: tuple[str, ...] = (
-    "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 12.0*n_allreduce + 10.0*num_moe_layers"
+    "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 10.0*num_moe_layers"
     " + 25.0*batch_size",
-    "300.0 + 1.1*rl_weight_read + 1.15*rl_kv_read + 0.5*rl_prefill_compute + 50.0*num_layers + 12.0*n_allreduce"
+    "300.0 + 1.1*rl_weight_read + 1.15*rl_kv_read + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds"
     " + 10.0*num_moe_layers + 25.0*batch_size",
 )
 #: The blackbox baseline's shape with starting values.
