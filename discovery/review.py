@@ -78,7 +78,9 @@ def save_replay(run_dir: Path, front: pd.DataFrame, experiments: Sequence[str], 
     """Write the front's replay errors to ``replay.json`` (keyed by each row's exact formula), atomically."""
     from features.io import atomic_write_json, json_safe
 
-    rows = {str(r["sympy"]): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
+    import sympy
+
+    rows = {sympy.srepr(expr_of(r)): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
     doc = {"experiments": [str(e) for e in experiments], "calibrate_on": calibrate_on, "seed": seed,
            "scheduling": "async", "rows": rows}
     return atomic_write_json(run_dir / REPLAY_FILE, json_safe(doc))
