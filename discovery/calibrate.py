@@ -541,19 +541,9 @@ def _settings(args: argparse.Namespace) -> CalibrationSettings:
 
 
 def _mapper(args: argparse.Namespace) -> Any:
-    from contextlib import nullcontext
+    from discovery.engines.parallel import mapper_for
 
-    from discovery.engines import parallel
-
-    for flag in ("workers", "processes"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise StepMLError(f"--{flag} must be >= 1")
-    if args.workers is not None or args.scheduler is not None:
-        return parallel.dask_map(workers=args.workers, scheduler=args.scheduler)
-    if args.processes is not None:
-        return parallel.process_map(args.processes)
-    return nullcontext(None)
+    return mapper_for(args.workers, args.scheduler, args.processes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
