@@ -105,7 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ReplayResult", "replay_experiment", "client_view", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS",
-           "is_request_trace", "replay_request_trace", "resolve_experiment"]
+           "resolve_experiment"]
 
 #: JSON error key → (latency metric or throughput attribute).
 ERROR_KEYS: dict[str, str] = {

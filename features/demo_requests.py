@@ -24,15 +24,13 @@ CLI: ``python -m features.demo_requests --out DIR``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from features.demo import DEMO_SEED, MODELS
+from features.demo import DEMO_SEED, MODELS, demo_arguments
 
 __all__ = ["write_demo_request_log", "SERVER", "TENANTS", "DURATION_S", "START_UNIX_S"]
 
@@ -112,13 +110,10 @@ def write_demo_request_log(out: str | Path, seed: int = DEMO_SEED) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m features.demo_requests --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m features.demo_requests",
-                                     description="Write a SYNTHETIC per-request log (known step-time law).")
-    parser.add_argument("--out", required=True, help="folder for requests.csv, summary.json and model_configs/")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED)
-    args = parser.parse_args(argv)
+    args = demo_arguments(argv, "features.demo_requests", "Write a SYNTHETIC per-request log (known step-time law).",
+                          "folder for requests.csv, summary.json and model_configs/")
     path = write_demo_request_log(args.out, args.seed)
-    print(f"wrote a SYNTHETIC request log: {path} ({sum(1 for _ in open(path)) - 1} requests)")
+    print(f"wrote a SYNTHETIC request log: {path} ({len(pd.read_csv(path))} requests)")
     return 0
 
 

@@ -85,8 +85,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from features.colmap import (COLMAP_DIR, _filter, _format_rows, _known_keys, _string, _suggest, _table,
-                             _template_fields, evaluate_derived, parse_derived)
+from features.colmap import (COLMAP_DIR, _filter, _format_rows, _known_keys, _numeric, _string, _suggest,
+                             _table, _template_fields, add_derived, parse_filters)
 from features.errors import StepMLError, warn
 
 __all__ = ["RequestMap", "RequestLog", "load_request_map", "parse_request_map", "shipped_request_maps",
@@ -128,8 +128,6 @@ class RequestMap:
     description: str = ""
     source: str = ""
 
-    def is_expression(self, name: str) -> bool:
-        return "{" not in self.derived[name]
 
 
 @dataclass(frozen=True)
@@ -261,12 +259,7 @@ def parse_request_map(doc: Mapping[str, Any], path: Path | str = "request map") 
         if "{" in text:
             _template_fields(text, where, f"[derived] '{name}'")
         derived[name] = text
-    filters = {}
-    for name, value in _table(doc, "filters", where).items():
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
-            raise StepMLError(f"{where}: [filters] '{name}' must be a value or a list of values, got {value!r}")
-        filters[name] = values
+    filters = parse_filters(doc, where)
     labels = {}
     for key in ("id", "group", "failed"):
         labels[key] = _string(doc.get(key, ""), where, key, empty=True).strip()
@@ -396,18 +389,14 @@ def read_request_table(path: str | Path) -> tuple[pd.DataFrame, str]:
 # -- applying a map ---------------------------------------------------------------------------------
 
 def _numbers(raw: pd.DataFrame, column: str, source: str, role: str, rows: np.ndarray) -> np.ndarray:
-    """A column as floats; on ``rows`` every value must be a finite number (booleans and text refused)."""
-    series = raw[column]
-    if series.map(lambda v: isinstance(v, (bool, np.bool_, list, dict))).to_numpy()[rows].any():
-        raise StepMLError(f"{source}: column '{column}' ({role}) holds booleans or lists, not numbers")
-    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    """A column as floats (:func:`features.colmap._numeric`: text and booleans refused); on ``rows`` every
+    value must be present and finite."""
+    values = _numeric(raw, column, source, role).to_numpy(dtype=float)
     bad = rows & ~np.isfinite(values)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        value = series.iloc[first]
-        value = value.item() if isinstance(value, np.generic) else value
-        raise StepMLError(f"{source}: column '{column}' ({role}) has {int(bad.sum())} missing or non-numeric "
-                          f"value(s), first {value!r} at row {first}")
+        raise StepMLError(f"{source}: column '{column}' ({role}) has {int(bad.sum())} missing or infinite "
+                          f"value(s), first at row {first}")
     return values
 
 
@@ -498,12 +487,7 @@ def apply_request_map(table: pd.DataFrame, rmap: RequestMap, source: str = "requ
         raise StepMLError(f"{source}: request map '{rmap.name}' names unknown column(s): {', '.join(missing)}"
                           f"{_suggest(missing[0], list(raw.columns))}; the log has: {', '.join(raw.columns)}")
     raw = _filter(raw, rmap, source, [c for c in rmap.filters if c not in rmap.derived])  # type: ignore[arg-type]
-    for dname, text in rmap.derived.items():
-        what = f"request map '{rmap.name}' [derived] '{dname}'"
-        if dname in table.columns:
-            raise StepMLError(f"{source}: {what} would replace the log's column '{dname}'; give it another name")
-        raw[dname] = (evaluate_derived(parse_derived(text, raw.columns, what), raw, source, what)
-                      if rmap.is_expression(dname) else _format_rows(raw, text, what))
+    add_derived(raw, rmap.derived, raw.columns.copy(), source, f"request map '{rmap.name}'")
     raw = _filter(raw, rmap, source, [c for c in rmap.filters if c in rmap.derived])  # type: ignore[arg-type]
     raw = raw.reset_index(drop=True)
     ids = None

@@ -291,7 +291,7 @@ def _rows(**change):
     (_rows(inp=2.5), MAP, "row 1 is 2.5"),
     (_rows(ttft_ms=float("nan")), MAP, "column 'ttft_ms' (measured ttft) has 1 missing"),
     (_rows(e2e_ms=-3.0), MAP, "measured e2e ('e2e_ms') is negative"),
-    (_rows(t="soon"), MAP, "column 't' (arrival) has 1 missing or non-numeric value(s), first 'soon'"),
+    (_rows(t="soon"), MAP, "column 't' (arrival) has 1 non-numeric value(s), first 'soon'"),
     (_rows(rid=0), MAP, "request id '0' appears 2 times"),
     (_rows(rid=0, t=0.0), MAP.replace('id = "rid"\n', ""), "rows 0 and 1 are equal in every column"),
     (_rows(inp=5000), MAP, "exceed max_model_len 2048"),
@@ -378,7 +378,7 @@ def readme_blocks() -> dict[str, str]:
     """The request-log example of the README: its TOML map, YAML server file and command."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### Request logs"):]
-    section = section[:section.index("\n## ")]
+    section = section[:min(section.index("\n## "), section.index("\n### ", 1))]
     blocks = re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
     out = {}
     for lang, body in blocks:
