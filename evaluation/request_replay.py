@@ -123,7 +123,7 @@ def replay_requests(log: RequestLog, server: ServerSpec, predictor: Any, *, queu
     placed = requests_from_table(table, source=log.source, relative=False)
     work = placed.assign(arrival_s=placed["arrival_s"] + queue_overhead_s, prefix_warm=warm)
     pname = str(getattr(predictor, "name", type(predictor).__name__))
-    constants = step_constants(server.meta(log.name, log.map_name))
+    constants = step_constants(server.meta(log.name))
     step_fn = step_time_function(predictor, constants)
     t_sim = time.perf_counter()
     try:

@@ -402,7 +402,7 @@ def _numbers(raw: pd.DataFrame, column: str, source: str, role: str, rows: np.nd
 
 def _counts(raw: pd.DataFrame, column: str, source: str, role: str, rows: np.ndarray, low: int) -> np.ndarray:
     values = _numbers(raw, column, source, role, rows)
-    bad = rows & ((values < low) | (values != np.round(values)))
+    bad = rows & ((values < low) | (values != np.round(values)) | (values > 1e15))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise StepMLError(f"{source}: {role} ('{column}') must be whole numbers >= {low}; row {first} is "
@@ -466,8 +466,8 @@ def _check_duplicates(raw: pd.DataFrame, ids: pd.Series | None, source: str) -> 
         dup = raw[hashable].duplicated().to_numpy()
         if dup.any():
             second = int(np.flatnonzero(dup)[0])
-            same = raw[hashable].iloc[:second].eq(raw[hashable].iloc[second]).all(axis=1).to_numpy()
-            first = int(np.flatnonzero(same)[0])
+            key = pd.util.hash_pandas_object(raw[hashable], index=False).to_numpy()   # NaN equals NaN here
+            first = int(np.flatnonzero(key == key[second])[0])
             raise StepMLError(f"{source}: rows {first} and {second} are equal in every column (the same request "
                               f"logged twice?); {int(dup.sum())} such row(s); remove the duplicates")
 
@@ -514,12 +514,12 @@ def apply_request_map(table: pd.DataFrame, rmap: RequestMap, source: str = "requ
     samples = None
     for key, (column, unit) in rmap.measured.items():
         scale = TIME_UNITS[unit]
-        may_miss = ok & ~((out <= 1) & (key in ("itl", "tpot")))
+        required = ok & ~((out <= 1) & (key in ("itl", "tpot")))      # no gap in a one-token output
         if key == "itl" and raw[column].map(lambda v: isinstance(v, (list, np.ndarray))).any():
             samples = _itl_lists(raw, column, scale, source, ok)
             values = np.array([s.mean() if s.size else np.nan for s in samples])
         else:
-            values = _numbers(raw, column, source, f"measured {key}", may_miss) * scale
+            values = _numbers(raw, column, source, f"measured {key}", required) * scale
         if (values[ok] < 0).any():
             first = int(np.flatnonzero(ok & (values < 0))[0])
             raise StepMLError(f"{source}: measured {key} ('{column}') is negative at row {first} ({values[first]:g} s)")

@@ -20,7 +20,7 @@ import yaml
 
 import evaluation.replay_cli as replay_cli
 from evaluation.predictors import FormulaPredictor
-from evaluation.request_replay import replay_request_trace, replay_requests
+from evaluation.request_replay import replay_request_file, replay_request_trace, replay_requests
 from evaluation.server_spec import load_server_file
 from features.cli import run
 from features.errors import StepMLError
@@ -120,10 +120,11 @@ def test_cached_tokens_skip_their_prefill(tmp_path, isolated_metadata):
              "itl_ms": 1.1}]
     text = MAP.replace('output = "out"', 'output = "out"\ncached = "cached"')
     log_path, map_path, server_path = tiny_setup(tmp_path, rows, map_text=text)
-    log, server = read_request_log(log_path, map_path), load_server_file(server_path)
-    res = replay_requests(log, server, law("1000 + 100*prefill_tokens"), capacity=False)
+    res = replay_request_file(log_path, server_path, law("1000 + 100*prefill_tokens"), colmap=map_path,
+                              capacity=False)
     assert res.requests["ttft_s"].to_numpy() == pytest.approx([0.0046, 0.0110])
     assert res.requests["prefix_hit_tokens"].to_numpy().tolist() == [64, 0]
+    log, server = read_request_log(log_path, map_path), load_server_file(server_path)
     off = replace(server, enable_prefix_caching=False)
     res = replay_requests(log, off, law("1000 + 100*prefill_tokens"), capacity=False)
     assert res.requests["ttft_s"].to_numpy() == pytest.approx([0.0110, 0.0110])
@@ -248,6 +249,7 @@ def test_missing_settings_take_vllms_defaults_and_are_printed(tmp_path, isolated
     ("model: tiny\nenable_chunked_prefill: false\nmax_num_batched_tokens: 64\nmax_model_len: 128\n",
      "without chunked prefill"),
     ("- a list\n", "expected a mapping"),
+    ("model: huge\n", "no GPU memory is left for the KV cache of huge"),
 ])
 def test_bad_server_files(tmp_path, isolated_metadata, text, message):
     tiny_setup(tmp_path)
@@ -255,6 +257,9 @@ def test_bad_server_files(tmp_path, isolated_metadata, text, message):
     (tmp_path / "model_configs" / "tiny-a" / "config.json").write_text(json.dumps(TINY))
     (tmp_path / "model_configs" / "tiny-b").mkdir(parents=True)
     (tmp_path / "model_configs" / "tiny-b" / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "config.json").write_text(json.dumps({**TINY, "hidden_size": 16384, "intermediate_size": 65536,
+                                                               "num_hidden_layers": 200}))
     path = tmp_path / "server.yaml"
     path.write_text(text)
     with pytest.raises(StepMLError, match=re.escape(message)):
@@ -408,3 +413,25 @@ def test_readme_request_log_example_runs_end_to_end(tmp_path, isolated_metadata,
     for key in ("e2e_err", "ttft_err", "itl_err", "tpot_err"):
         assert entry[key] < 3.0, (key, entry[key])            # the log's only difference: 2 % step noise
     assert "max_model_len" in " ".join(entry["server"]["defaults"])
+
+
+def test_mutated_logs_end_in_a_result_or_one_line(tmp_path, isolated_metadata, capsys, monkeypatch):
+    """Random damage to a log's cells (text, booleans, negatives, blanks, huge values, lists) never shows a
+    traceback: the replay either runs (exit 0) or says what is wrong in one line (exit 2)."""
+    rng = np.random.default_rng(7)
+    junk = ["", "x", True, -1, 0, 1e300, float("nan"), float("inf"), "[1, 2]", 2.5, "2026-01-01", -0.0]
+    base = _rows()
+    outcomes = {0: 0, 2: 0}
+    for case in range(40):
+        rows = [dict(r) for r in base]
+        for _ in range(int(rng.integers(1, 4))):
+            row, column = int(rng.integers(0, len(rows))), str(rng.choice(list(rows[0])))
+            rows[row][column] = junk[int(rng.integers(0, len(junk)))]
+        log_path, map_path, server_path = tiny_setup(tmp_path / f"c{case}", rows)
+        status, _, err = cli(["--predictor", "law", "--requests", str(log_path), "--colmap", str(map_path),
+                              "--server", str(server_path)], capsys, law("10000"), monkeypatch)
+        assert status in (0, 2), err
+        if status == 2:
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        outcomes[status] += 1
+    assert outcomes[0] and outcomes[2]                        # both kinds of case were generated
