@@ -104,6 +104,7 @@ from features.metadata import (ExperimentMeta, arch_columns, default_data_root, 
                                find_experiment_dir, load_server_config, metadata_roots, parse_experiment_name)
 
 __all__ = ["ReplayResult", "replay_experiment", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
+           "matched_input_offset",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS"]
 
 BLOCK_SIZE = 16
@@ -339,6 +340,12 @@ def _measured_prompt_len(exp_dir: Path) -> float | None:
         return None
 
 
+def matched_input_offset(exp_dir: str | Path, profile: Profile) -> int:
+    """Tokens added to every input so its length is the measured mean ``prompt_len`` (0 without results)."""
+    measured_len = _measured_prompt_len(Path(exp_dir))
+    return 0 if measured_len is None else int(round(measured_len - profile.data.nominal_input))
+
+
 # -- replay ---------------------------------------------------------------------------------------
 
 def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_overhead_s: float = 0.0,
@@ -405,11 +412,7 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     if bad or not chosen:
         raise StepMLError(f"{exp_dir.name}: stage(s) {bad or chosen} not in the profile (stages 0..{n_stages - 1})")
 
-    offset = 0
-    if match_prompt_len:
-        measured_len = _measured_prompt_len(exp_dir)
-        if measured_len is not None:
-            offset = int(round(measured_len - profile.data.nominal_input))
+    offset = matched_input_offset(exp_dir, profile) if match_prompt_len else 0
     if num_gpu_blocks is not None:
         blocks, kv_source = int(num_gpu_blocks), "given"
     else:
