@@ -81,29 +81,44 @@ def test_export_blis_never_overwrites_an_overlay(linear_run, demo_export, tmp_pa
 
 
 @needs_snapshot
-@pytest.mark.parametrize("equation, needle", [
-    ("20000.0 + 0.5*rl_allreduce", "needs hw.interconnect_bw, which BLIS cannot provide"),
-    ("20000.0 + 300.0*waiting_depth", "only simulator-available features can be exported to Go"),
-])
-def test_a_formula_blis_cannot_evaluate_is_refused_in_one_line(linear_run, tmp_path, capsys, equation, needle):
-    path = _hand_run(linear_run, tmp_path, equation)
+def test_a_trace_only_formula_is_refused_in_one_line(linear_run, tmp_path, capsys):
+    path = _hand_run(linear_run, tmp_path, "20000.0 + 300.0*waiting_depth")
     assert _run(export.main, [str(path), "--out", str(tmp_path / "x"), "--blis", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1
+    assert "only simulator-available features can be exported to Go" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "o").exists()
 
 
 @needs_snapshot
+def test_a_column_blis_lacks_is_refused_in_one_line(demo_export, tmp_path, capsys):
+    # an artifact whose all-reduce term keeps the interconnect bandwidth as a symbol (several GPUs)
+    from features.catalog import get_feature
+
+    exported, _ = demo_export
+    doc = json.loads((exported / "artifact.json").read_text())
+    allreduce = get_feature("rl_allreduce").sympy_expr()
+    doc["features"] = [{"name": "rl_allreduce", "definition_srepr": sympy.srepr(allreduce)}]
+    doc["expression"] = {"srepr": sympy.srepr(12000 + 2 * sympy.Symbol("rl_allreduce"))}
+    doc["data_path"] = None
+    (tmp_path / "artifact.json").write_text(json.dumps(doc))
+    assert _run(export.main, [str(tmp_path / "artifact.json"), "--blis", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rl_allreduce' needs hw.interconnect_bw, which BLIS cannot provide" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@needs_snapshot
 def test_cross_model_formula_computes_its_columns_from_the_blis_configuration(linear_run, tmp_path, capsys):
-    # rl_decode_compute varies across the four demo models (7B..64x1B): its arch/hw columns stay symbols
+    # rl_decode_compute varies across the four demo models (8B..64x1B): its arch columns stay symbols
+    # (all four share one GPU: hw.flops is baked in as a number)
     path = _hand_run(linear_run, tmp_path, "9000.0 + 1.5*rl_decode_compute + 2.0*prefill_tokens")
     assert _run(export.main, [str(path), "--out", str(tmp_path / "cross"), "--blis", str(tmp_path / "o")]) == 0
     doc = json.loads((tmp_path / "cross" / "artifact.json").read_text())
     defs = {f["name"]: f["definition"] for f in doc["features"]}
-    assert "arch.active_params" in defs["rl_decode_compute"] and "hw.flops" in defs["rl_decode_compute"]
+    assert "arch.active_params" in defs["rl_decode_compute"] and "arch.tp" in defs["rl_decode_compute"]
     model = (tmp_path / "o" / "sim" / "latency" / "stepml.go").read_text()
-    for col in ("arch.tp", "arch.active_params", "hw.flops"):
-        assert f'{{name: "{col}", ' in model
+    assert '{name: "arch.tp", source: "TP", value: stepMLArchTp},' in model
+    assert '{name: "arch.active_params", ' in model and '{name: "hw.flops"' not in model
     tests = (tmp_path / "o" / "sim" / "latency" / "stepml_test.go").read_text()
     assert tests.count("hw: sim.ModelHardwareConfig{") == 4            # one configuration per demo model
     assert doc["checks"]["go"]["status"] in ("pass", "skipped"), doc["checks"]["go"]
@@ -145,6 +160,7 @@ def tiny_experiment(tmp_path, monkeypatch) -> Path:
     config = BLIS_SRC / "model_configs" / "llama-2-7b-hf" / "config.json"
     if not config.is_file():
         pytest.skip(f"BLIS snapshot not found at {BLIS_SRC}; set STEPML_BLIS")
+    monkeypatch.setenv("STEPML_BLIS", str(BLIS_SRC.parent))
     monkeypatch.setenv("STEPML_DATA", str(tmp_path / "no-shared-data"))
     root = tmp_path / "data"
     (root / "model_configs" / "Llama-2-7b-hf").mkdir(parents=True)
