@@ -28,7 +28,7 @@ from features import catalog
 from features.errors import StepMLError
 
 __all__ = ["GoSources", "go_refusal", "model_columns", "go_batches", "reference_us", "go_sources", "write_go",
-           "write_blis", "export_artifact_to_blis"]
+           "write_blis", "export_artifact_to_blis", "constants_comment"]
 
 #: At most this many training models get a test configuration.
 MAX_TEST_CONFIGS = 6
@@ -182,11 +182,20 @@ def export_artifact_to_blis(artifact: Path, blis_dir: Path, echo: Callable[[str]
     if reason:
         raise StepMLError(reason)
     overheads = artifact_overheads(doc, artifact)
-    sources = go_sources(predictor.expr, predictor.definitions, dataset, f"from {artifact}", overheads)
+    comment = constants_comment(str(doc.get("data", "")), doc.get("baked_columns") or {})
+    sources = go_sources(predictor.expr, predictor.definitions, dataset, comment, overheads)
     out = write_blis(blis_dir, sources, str(doc.get("name", "artifact")))
     report_overheads(overheads, echo)
     echo(f"wrote BLIS overlay {out}/ (build: ../shared/blis/build.sh OUT {out}; run: blis run --latency-model stepml)")
     return out
+
+
+def constants_comment(data_label: str, baked: Mapping[str, float]) -> str:
+    """The header note of ``stepml.go``: the data it was fitted on and the constants baked in."""
+    text = f"fitted on {data_label}"
+    if baked:
+        text += "\nbaked in: " + ", ".join(f"{k}={float(v):.10g}" for k, v in baked.items())
+    return text
 
 
 def report_overheads(overheads, echo: Callable[[str], Any]) -> None:

@@ -172,7 +172,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     is then refused before anything is written.
     """
     from discovery.blis_export import go_refusal
-    from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
+    from discovery.formula import baked_definitions, run_data
     from discovery.review import front_of, pick_row
     from discovery.rundir import expr_of, read_hof, read_run_json
     from search_spaces.operators import complexity
@@ -187,20 +187,8 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     if (out_dir / "artifact.json").exists():
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
 
-    original = expr_of(row)
-    expr = fold_constant_features(simplify(original), dataset)
+    expr, full_metrics, rounding = _final_formula(expr_of(row), dataset, split, round_sig)
     used = sorted(str(s) for s in expr.free_symbols)
-    X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
-    expr = refit_constants(expr, X_train, dataset.y[split.train])
-    full_metrics, _ = _metrics(expr, dataset, split)
-    rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
-    if round_sig:
-        rounded = round_constants(expr, round_sig)
-        rounded_metrics, _ = _metrics(rounded, dataset, split)
-        rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
-        if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
-            expr, full_metrics = rounded, rounded_metrics
-            rounding["applied"] = True
     defs, baked = baked_definitions(used, dataset)
     go_reason = go_refusal(defs, dataset)
     if go_reason and (require_go or blis):
@@ -234,10 +222,10 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))
     sources = None
     if go_reason is None:
-        from discovery.blis_export import go_sources
+        from discovery.blis_export import constants_comment, go_sources
         from discovery.formula import artifact_overheads
 
-        sources = go_sources(expr, defs, dataset, _constants_comment(dataset, baked), artifact_overheads(doc))
+        sources = go_sources(expr, defs, dataset, constants_comment(dataset.label, baked), artifact_overheads(doc))
     checks = _write_compiled(out_dir, expr, used, dataset, split, sources)
     doc["checks"] = checks
     atomic_write_json(out_dir / "artifact.json", doc)
@@ -247,13 +235,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
          f"{'yes' if rounding['applied'] else 'no'}")
     for lang, res in checks.items():
         echo(f"  {lang} check: {res['status']}" + (f" ({res['detail']})" if res.get("detail") else ""))
-    if go_reason:
-        echo(f"  stepml.go not written: {go_reason}")
-    else:
-        from discovery.blis_export import report_overheads
-        from discovery.formula import artifact_overheads
-
-        report_overheads(artifact_overheads(doc), echo)
+    _report_go(doc, go_reason, echo)
     echo(f"wrote {out_dir}/")
     if blis and sources is not None:
         from discovery.blis_export import write_blis
@@ -262,6 +244,26 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         echo(f"wrote BLIS overlay {overlay}/ (build: ../shared/blis/build.sh OUT {overlay}; "
              "run: blis run --latency-model stepml)")
     return out_dir
+
+
+def _final_formula(original: sympy.Expr, dataset, split, round_sig: int | None):
+    """Simplified, constant features folded, refitted on the training part, rounded when harmless."""
+    from discovery.formula import refit_constants, round_constants, simplify
+
+    expr = fold_constant_features(simplify(original), dataset)
+    used = sorted(str(s) for s in expr.free_symbols)
+    X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
+    expr = refit_constants(expr, X_train, dataset.y[split.train])
+    full_metrics, _ = _metrics(expr, dataset, split)
+    rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
+    if round_sig:
+        rounded = round_constants(expr, round_sig)
+        rounded_metrics, _ = _metrics(rounded, dataset, split)
+        rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
+        if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
+            expr, full_metrics = rounded, rounded_metrics
+            rounding["applied"] = True
+    return expr, full_metrics, rounding
 
 
 def fold_constant_features(expr: sympy.Expr, dataset) -> sympy.Expr:
@@ -311,11 +313,14 @@ def _write_compiled(out_dir: Path, expr, used, dataset, split, sources) -> dict[
     return checks
 
 
-def _constants_comment(dataset, baked: dict[str, float]) -> str:
-    text = f"fitted on {dataset.label}"
-    if baked:
-        text += "\nbaked in: " + ", ".join(f"{k}={v:.10g}" for k, v in baked.items())
-    return text
+def _report_go(doc: dict[str, Any], go_reason: str | None, echo) -> None:
+    if go_reason:
+        echo(f"  stepml.go not written: {go_reason}")
+        return
+    from discovery.blis_export import report_overheads
+    from discovery.formula import artifact_overheads
+
+    report_overheads(artifact_overheads(doc), echo)
 
 
 def _status(result) -> dict[str, Any]:

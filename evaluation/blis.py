@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from discovery.formula import artifact_overheads, load_artifact
     from evaluation.blis_run import BACKENDS
-    from evaluation.replay import _resolve_experiment
+    from evaluation.replay import resolve_experiment
     from features.io import json_safe
 
     args = build_parser().parse_args(argv)
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     artifact = artifact / "artifact.json" if artifact.is_dir() else artifact
     doc, predictor = load_artifact(artifact)
     overheads = artifact_overheads(doc, artifact)
-    experiments = [_resolve_experiment(e) for e in args.experiments]
+    experiments = [resolve_experiment(e) for e in args.experiments]
 
     def echo(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)

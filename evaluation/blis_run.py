@@ -116,7 +116,7 @@ def _model_config_dir(model: str, roots: Sequence[Path]) -> Path | None:
 
 def experiment_setup(exp_dir: str | Path, data_root: str | Path | None = None) -> ExperimentSetup:
     """The BLIS configuration of one experiment (see the module docstring)."""
-    from evaluation.replay import _roots_for, _meta, kv_blocks_for, matched_input_offset
+    from evaluation.replay import experiment_metadata, kv_blocks_for, matched_input_offset, roots_for
     from evaluation.workloads import experiment_profile
     from features.metadata import DEFAULT_HARDWARE
 
@@ -124,8 +124,8 @@ def experiment_setup(exp_dir: str | Path, data_root: str | Path | None = None) -
     for name in ("exp-config.yaml", "profile.yaml"):
         if not (exp_dir / name).is_file():
             raise StepMLError(f"{exp_dir}: no {name} (not an experiment directory?)")
-    roots = _roots_for(exp_dir, Path(data_root) if data_root else None)
-    meta = _meta(exp_dir, roots)
+    roots = roots_for(exp_dir, Path(data_root) if data_root else None)
+    meta = experiment_metadata(exp_dir, roots)
     profile = experiment_profile(exp_dir)
     if profile.data.multi_turn:
         raise StepMLError(f"{exp_dir.name}: multi-turn profiles are not supported by evaluation.blis")

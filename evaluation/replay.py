@@ -104,7 +104,7 @@ from features.metadata import (ExperimentMeta, arch_columns, default_data_root, 
                                find_experiment_dir, load_server_config, metadata_roots, parse_experiment_name)
 
 __all__ = ["ReplayResult", "replay_experiment", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
-           "matched_input_offset",
+           "matched_input_offset", "roots_for", "experiment_metadata", "resolve_experiment",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS"]
 
 BLOCK_SIZE = 16
@@ -217,14 +217,14 @@ class ReplayResult:
 
 # -- experiment set-up ---------------------------------------------------------------------------
 
-def _roots_for(exp_dir: Path, data_root: Path | None) -> list[Path]:
+def roots_for(exp_dir: Path, data_root: Path | None) -> list[Path]:
     roots = metadata_roots(exp_dir)
     if data_root is not None:
         roots.insert(0, Path(data_root))
     return roots
 
 
-def _meta(exp_dir: Path, roots: list[Path]) -> ExperimentMeta:
+def experiment_metadata(exp_dir: Path, roots: list[Path]) -> ExperimentMeta:
     exp_id = exp_dir.name
     server = load_server_config(exp_dir / "exp-config.yaml")
     tp = None if parse_experiment_name(exp_id) else server.tp
@@ -402,8 +402,8 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     if not hasattr(predictor, "predict"):
         raise StepMLError(f"predictor {predictor!r} has no predict()")
     pname = str(getattr(predictor, "name", type(predictor).__name__))
-    roots = _roots_for(exp_dir, Path(data_root) if data_root else None)
-    meta = _meta(exp_dir, roots)
+    roots = roots_for(exp_dir, Path(data_root) if data_root else None)
+    meta = experiment_metadata(exp_dir, roots)
     profile = experiment_profile(exp_dir)
     notes = list(profile.notes)
     n_stages = len(profile.stages)
@@ -578,7 +578,7 @@ def replay_request_trace(trace_dir: str | Path, predictor: Any, queue_overhead_s
     spans = read_request_spans(trace)
     reqs = requests_from_table(spans, source=str(trace))
     reqs["arrival_s"] = reqs["arrival_s"] + queue_overhead_s
-    roots = _roots_for(trace_dir, Path(data_root) if data_root else None)
+    roots = roots_for(trace_dir, Path(data_root) if data_root else None)
     server = load_server_config(trace_dir / "exp-config.yaml")
     base = experiment_meta(trace_dir.name, roots, model=server.model_id.rsplit("/", 1)[-1] or trace_dir.name,
                            tp=server.tp)
@@ -705,7 +705,7 @@ def _fit_baseline(name: str, fit_data: str | Path | None, fit_experiments: Seque
 
 # -- CLI ----------------------------------------------------------------------------------------------
 
-def _resolve_experiment(arg: str) -> Path:
+def resolve_experiment(arg: str) -> Path:
     path = Path(arg)
     if path.is_dir():
         return path
@@ -779,13 +779,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          ("--end-overhead-s", args.end_overhead_s)):
         if not (math.isfinite(value) and value >= 0):
             raise StepMLError(f"{label} must be a finite number >= 0, got {value}")
-    experiments = [_resolve_experiment(e) for e in args.experiments]
+    experiments = [resolve_experiment(e) for e in args.experiments]
     predictor = load_predictor(args.predictor, args.fit_data, fit_exps)
     overheads = {"queue_overhead_s": args.queue_overhead_s, "post_overhead_s": args.post_overhead_s,
                  "end_overhead_s": args.end_overhead_s}
     calibration = None
     if args.calibrate_on:
-        calibration = calibrate_overheads(_resolve_experiment(args.calibrate_on), predictor, args.seed)
+        calibration = calibrate_overheads(resolve_experiment(args.calibrate_on), predictor, args.seed)
         overheads.update(calibration)
         if not args.json:
             print(f"calibrated on {Path(args.calibrate_on).name}: queue overhead "

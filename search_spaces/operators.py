@@ -84,6 +84,7 @@ __all__ = [
     "feature_from_symbol",
     "get_operator",
     "lambdify_formula",
+    "log1p_argument",
     "operon_symbols",
     "parse_formula",
     "pysr_options",
@@ -620,7 +621,7 @@ def _negative_number(e: sympy.Basic) -> bool:
     return bool(e.is_Number and e.is_negative)
 
 
-def _log1p_argument(expr: sympy.Basic) -> sympy.Basic | None:
+def log1p_argument(expr: sympy.Basic) -> sympy.Basic | None:
     """``u`` when ``expr`` is ``log(1 + Abs(u))`` (the table's log1p), else None."""
     import sympy
     if isinstance(expr, sympy.log) and len(expr.args) == 1:
@@ -666,7 +667,7 @@ def _interpret(expr: sympy.Basic, env: Mapping[sympy.Symbol, np.ndarray]) -> np.
         if expr.exp == sympy.S.Half:
             return np.sqrt(base)
         return np.power(base, _interpret(expr.exp, env))
-    inner = _log1p_argument(expr)
+    inner = log1p_argument(expr)
     if inner is not None:
         return _np_log1p(_interpret(inner, env))
     args = [_interpret(a, env) for a in expr.args]

@@ -44,9 +44,9 @@ def _hand_run(run_dir: Path, tmp_path: Path, equation: str, experiments=None) ->
 
 # -- export --blis ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_export(linear_run, tmp_path_factory):
-    """The demo linear run exported with --blis (single model? no: the demo has four; the formula has no arch)."""
+    """The demo linear run exported with --blis (its formula reads no architecture column)."""
     if not (BLIS_SRC / "sim" / "bundle.go").is_file():
         pytest.skip(f"BLIS snapshot not found at {BLIS_SRC}; set STEPML_BLIS")
     root = tmp_path_factory.mktemp("blisexp")
@@ -235,21 +235,17 @@ def test_blis_itl_is_converted_to_inference_perf_lines(tiny_experiment, tmp_path
 # -- real BLIS -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def blis_builds(linear_run, tmp_path_factory):
+def blis_builds(demo_export):
     """Plain BLIS and BLIS with the demo export's overlay (built once, cached by content hash)."""
     from evaluation.blis_build import BlisUnavailable, build_blis
 
-    if not (BLIS_SRC / "sim" / "bundle.go").is_file():
-        pytest.skip(f"BLIS snapshot not found at {BLIS_SRC}; set STEPML_BLIS")
-    root = tmp_path_factory.mktemp("blisbuild")
-    assert _run(export.main, [str(linear_run), "--pick", "accuracy", "--out", str(root / "linear"),
-                              "--name", "linear", "--blis", str(root / "overlay")]) == 0
+    exported, overlay_dir = demo_export
     try:
-        overlay = build_blis(root / "overlay")
+        overlay = build_blis(overlay_dir)
         plain = build_blis(None)
     except BlisUnavailable as exc:
         pytest.skip(f"BLIS cannot be built here: {exc}")
-    return root / "linear", overlay, plain
+    return exported, overlay, plain
 
 
 def test_overlay_go_tests_pass_inside_blis(blis_builds):

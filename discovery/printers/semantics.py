@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sympy
 
+from search_spaces import operators
 from search_spaces.operators import DIV_EPS
 
 __all__ = ["DIV_EPS", "DIV_RULE", "division_parts", "log1p_argument"]
@@ -51,11 +52,6 @@ def division_parts(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr] | None:
 
 
 def log1p_argument(expr: sympy.Expr) -> sympy.Expr | None:
-    """The ``Abs(u)`` node when ``expr`` is ``log(1 + Abs(u))``, else None."""
-    if isinstance(expr, sympy.log) and len(expr.args) == 1:
-        inner = expr.args[0]
-        if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
-            other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
-            if isinstance(other, sympy.Abs):
-                return other
-    return None
+    """The ``Abs(u)`` node when ``expr`` is ``log(1 + Abs(u))``, else None (the evaluator's own test)."""
+    inner = operators.log1p_argument(expr)
+    return None if inner is None else sympy.Abs(inner)
