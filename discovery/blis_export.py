@@ -138,6 +138,9 @@ def go_sources(expr: sympy.Expr, defs: Mapping[str, sympy.Expr], dataset, commen
     columns = constant_columns({s.name for d in defs.values() for s in d.free_symbols})
     models = model_columns(dataset) if dataset is not None else {}
     if not models:
+        if columns:
+            raise StepMLError(f"the formula reads {', '.join(columns)} but its data has no model metadata to "
+                              "test the Go model with")
         models = {"(no model metadata)": {}}
     batches = go_batches()
     specs = [[tuple(int(x) for x in r) for r in zip(*b)] for b in batches]
@@ -177,7 +180,10 @@ def export_artifact_to_blis(artifact: Path, blis_dir: Path, echo: Callable[[str]
 
     doc, predictor = load_artifact(artifact)
     patched_files(blis_home() / "src")                       # a snapshot that cannot be patched fails first
-    dataset = run_data(doc)[0] if doc.get("data_path") else None
+    reason = go_refusal(predictor.definitions)               # before loading any data
+    if reason:
+        raise StepMLError(reason)
+    dataset = run_data(doc)[0]                               # the demo data for a synthetic run's artifact
     reason = go_refusal(predictor.definitions, dataset)
     if reason:
         raise StepMLError(reason)

@@ -102,7 +102,8 @@ def compare_experiment(exp_dir: Path, predictor: Any, overheads: Any, binaries: 
             echo(f"  {setup.experiment_id}: blis run --latency-model {backend} ...")
         m = run_backend(binary, setup, backend, seed)
         entry = _with_errors({"e2e": m.e2e_ms, "ttft": m.ttft_ms, "itl": m.itl_ms}, measured)
-        entry.update({"itl_token_ms": m.itl_token_ms, "requests": m.requests, "wall_seconds": m.wall_seconds})
+        entry.update({"itl_token_ms": m.itl_token_ms, "requests": m.requests, "wall_seconds": m.wall_seconds,
+                      "columns_checked": m.columns_checked})
         out[BACKENDS[backend]] = entry
         notes.extend(f"{backend}: {n}" for n in m.notes)
     if "blis_stepml" in out:

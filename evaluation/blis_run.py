@@ -37,13 +37,19 @@ therefore ``Σ_requests itl_ms·(n − 1) / Σ_requests (2n + 1)`` — about
 (n − 1)/(2n + 1) ≈ 0.5 of BLIS's ``itl_mean_ms`` — reported as ``itl_ms``
 (BLIS's own per-token mean is kept as ``itl_token_ms``).
 
-Runs are cached by the binary's hash, the arguments and the spec
-(``~/.cache/stepml/blis/runs``).
+A ``stepml`` run logs (at info level) every architecture/hardware column the
+model computed from BLIS's parse of ``config.json``; each is compared with the
+column the replay uses (:func:`features.metadata.arch_columns`) and a difference
+becomes a note.
+
+Runs are cached by the binary's hash, the arguments (but the log level) and the
+spec (``~/.cache/stepml/blis/runs``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -83,6 +89,7 @@ class ExperimentSetup:
     input_tokens: int
     output_tokens: int
     notes: tuple[str, ...] = ()
+    columns: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class BlisMetrics:
     injected: int
     wall_seconds: float
     notes: tuple[str, ...] = field(default=())
+    columns_checked: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +126,7 @@ def experiment_setup(exp_dir: str | Path, data_root: str | Path | None = None) -
     """The BLIS configuration of one experiment (see the module docstring)."""
     from evaluation.replay import experiment_metadata, kv_blocks_for, matched_input_offset, roots_for
     from evaluation.workloads import experiment_profile
-    from features.metadata import DEFAULT_HARDWARE
+    from features.metadata import DEFAULT_HARDWARE, arch_columns
 
     exp_dir = Path(exp_dir)
     for name in ("exp-config.yaml", "profile.yaml"):
@@ -142,7 +150,8 @@ def experiment_setup(exp_dir: str | Path, data_root: str | Path | None = None) -
                            server.max_num_seqs, server.max_num_batched_tokens, server.max_model_len, int(blocks),
                            tuple((s.rate, s.duration) for s in profile.stages), profile.data.num_prompts,
                            profile.data.nominal_input + offset, profile.data.output_len,
-                           tuple(profile.notes) + (f"KV pool {blocks} blocks ({kv_source})",))
+                           tuple(profile.notes) + (f"KV pool {blocks} blocks ({kv_source})",),
+                           arch_columns(meta.arch, meta.hardware, meta.tp))
 
 
 def stage_spec(setup: ExperimentSetup, stage: int, seed: int) -> dict[str, Any]:
@@ -165,7 +174,7 @@ def stage_spec(setup: ExperimentSetup, stage: int, seed: int) -> dict[str, Any]:
 
 
 def blis_args(setup: ExperimentSetup, backend: str, spec: Path, metrics: Path, seed: int,
-              home: Path | None = None) -> list[str]:
+              home: Path | None = None, log: str = "error") -> list[str]:
     """``blis run`` arguments (after the binary) for one stage and backend."""
     from discovery.printers.blis import blis_home
 
@@ -176,7 +185,7 @@ def blis_args(setup: ExperimentSetup, backend: str, spec: Path, metrics: Path, s
             "--block-size-in-tokens", str(BLOCK_SIZE), "--workload-spec", str(spec), "--seed", str(seed),
             "--defaults-filepath", str(src / "defaults.yaml"), "--hardware-config", str(src / "hardware_config.json"),
             "--model-config-folder", str(setup.model_config_dir), "--latency-model", backend,
-            "--metrics-path", str(metrics), "--log", "error"]
+            "--metrics-path", str(metrics), "--log", log]
 
 
 _BINARY_HASHES: dict[Path, str] = {}
@@ -195,7 +204,8 @@ def _run_stage(binary: Path, setup: ExperimentSetup, backend: str, stage: int, s
     from evaluation.blis_build import cache_root
 
     spec_text = yaml.safe_dump(stage_spec(setup, stage, seed), sort_keys=True)
-    args = blis_args(setup, backend, Path("SPEC"), Path("METRICS"), seed, home)
+    args = blis_args(setup, backend, Path("SPEC"), Path("METRICS"), seed, home)   # the log level is not in the key
+    log = "info" if backend == "stepml" else "error"     # StepMLModel logs the columns it computed at info
     key = hashlib.sha256((_binary_hash(binary) + json.dumps(args) + spec_text
                           + setup.model_config_dir.joinpath("config.json").read_text()).encode()).hexdigest()[:24]
     cached = cache_root() / "blis" / "runs" / f"{key}.json"
@@ -206,7 +216,7 @@ def _run_stage(binary: Path, setup: ExperimentSetup, backend: str, stage: int, s
         spec.write_text(spec_text)
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([str(binary), *blis_args(setup, backend, spec, metrics, seed, home)], cwd=tmp,
+            proc = subprocess.run([str(binary), *blis_args(setup, backend, spec, metrics, seed, home, log)], cwd=tmp,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise StepMLError(f"{setup.experiment_id}: blis run --latency-model {backend} timed out "
@@ -222,7 +232,8 @@ def _run_stage(binary: Path, setup: ExperimentSetup, backend: str, stage: int, s
            "e2e": sum(r["e2e_ms"] for r in reqs), "ttft": sum(r["ttft_ms"] for r in reqs),
            "gaps": sum(r["itl_ms"] * max(int(r["num_decode_tokens"]) - 1, 1) for r in reqs),
            "tokens_m1": sum(max(int(r["num_decode_tokens"]) - 1, 1) for r in reqs),
-           "lines": sum(2 * int(r["num_decode_tokens"]) + 1 for r in reqs)}
+           "lines": sum(2 * int(r["num_decode_tokens"]) + 1 for r in reqs),
+           "columns": {m[1]: float(m[2]) for m in re.finditer(r"stepml: (\S+) = (\S+) \(from", proc.stderr)}}
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = cached.with_suffix(".partial")
     tmp_path.write_text(json.dumps(out))
@@ -238,8 +249,13 @@ def run_backend(binary: str | Path, setup: ExperimentSetup, backend: str, seed: 
     injected = sum(p["injected"] for p in parts)
     if n == 0:
         raise StepMLError(f"{setup.experiment_id}: BLIS ({backend}) completed no request")
-    notes = () if n == injected else (f"BLIS completed {n} of {injected} requests",)
+    notes = [] if n == injected else [f"BLIS completed {n} of {injected} requests"]
+    for name, value in parts[0].get("columns", {}).items():   # BLIS's parse of config.json vs ours
+        ours = setup.columns.get(name)
+        if ours is None or abs(value - ours) > 1e-9 * abs(ours):
+            notes.append(f"BLIS computed {name} = {value:.10g}, the replay uses {ours}")
     return BlisMetrics(e2e_ms=sum(p["e2e"] for p in parts) / n, ttft_ms=sum(p["ttft"] for p in parts) / n,
                        itl_ms=sum(p["gaps"] for p in parts) / sum(p["lines"] for p in parts),
                        itl_token_ms=sum(p["gaps"] for p in parts) / sum(p["tokens_m1"] for p in parts),
-                       requests=n, injected=injected, wall_seconds=sum(p["wall"] for p in parts), notes=notes)
+                       requests=n, injected=injected, wall_seconds=sum(p["wall"] for p in parts), notes=tuple(notes),
+                       columns_checked=len(parts[0].get("columns", {})))

@@ -44,15 +44,24 @@ def _hand_run(run_dir: Path, tmp_path: Path, equation: str, experiments=None) ->
 
 # -- export --blis ---------------------------------------------------------------------------------
 
+CROSS_MODEL = "9000.0 + 1.5*rl_decode_compute + 2.0*prefill_tokens"
+
+
 @pytest.fixture(scope="session")
 def demo_export(linear_run, tmp_path_factory):
-    """The demo linear run exported with --blis (its formula reads no architecture column)."""
+    """A formula over the four demo models exported with --blis.
+
+    ``rl_decode_compute`` varies across the models (8B..64x1B, dense and MoE): its
+    architecture columns stay symbols and the Go model computes them from BLIS's
+    configuration (all four share one GPU: ``hw.flops`` is baked in as a number).
+    """
     if not (BLIS_SRC / "sim" / "bundle.go").is_file():
         pytest.skip(f"BLIS snapshot not found at {BLIS_SRC}; set STEPML_BLIS")
     root = tmp_path_factory.mktemp("blisexp")
-    assert _run(export.main, [str(linear_run), "--pick", "accuracy", "--out", str(root / "linear"),
-                              "--name", "linear", "--blis", str(root / "overlay")]) == 0
-    return root / "linear", root / "overlay"
+    run = _hand_run(linear_run, root, CROSS_MODEL)
+    assert _run(export.main, [str(run), "--out", str(root / "cross"), "--name", "cross",
+                              "--blis", str(root / "overlay")]) == 0
+    return root / "cross", root / "overlay"
 
 
 def test_export_blis_writes_the_overlay(demo_export):
@@ -107,20 +116,17 @@ def test_a_column_blis_lacks_is_refused_in_one_line(demo_export, tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
-@needs_snapshot
-def test_cross_model_formula_computes_its_columns_from_the_blis_configuration(linear_run, tmp_path, capsys):
-    # rl_decode_compute varies across the four demo models (8B..64x1B): its arch columns stay symbols
-    # (all four share one GPU: hw.flops is baked in as a number)
-    path = _hand_run(linear_run, tmp_path, "9000.0 + 1.5*rl_decode_compute + 2.0*prefill_tokens")
-    assert _run(export.main, [str(path), "--out", str(tmp_path / "cross"), "--blis", str(tmp_path / "o")]) == 0
-    doc = json.loads((tmp_path / "cross" / "artifact.json").read_text())
+def test_cross_model_formula_computes_its_columns_from_the_blis_configuration(demo_export):
+    exported, overlay = demo_export
+    doc = json.loads((exported / "artifact.json").read_text())
     defs = {f["name"]: f["definition"] for f in doc["features"]}
     assert "arch.active_params" in defs["rl_decode_compute"] and "arch.tp" in defs["rl_decode_compute"]
-    model = (tmp_path / "o" / "sim" / "latency" / "stepml.go").read_text()
+    model = (overlay / "sim" / "latency" / "stepml.go").read_text()
     assert '{name: "arch.tp", source: "TP", value: stepMLArchTp},' in model
     assert '{name: "arch.active_params", ' in model and '{name: "hw.flops"' not in model
-    tests = (tmp_path / "o" / "sim" / "latency" / "stepml_test.go").read_text()
+    tests = (overlay / "sim" / "latency" / "stepml_test.go").read_text()
     assert tests.count("hw: sim.ModelHardwareConfig{") == 4            # one configuration per demo model
+    assert "NumLocalExperts: 64, NumExpertsPerTok: 6" in tests           # the MoE ones included
     assert doc["checks"]["go"]["status"] in ("pass", "skipped"), doc["checks"]["go"]
     if doc["checks"]["go"]["status"] == "skipped":
         pytest.skip(doc["checks"]["go"]["detail"])
@@ -290,6 +296,9 @@ def test_evaluation_blis_runs_the_five_way_comparison(blis_builds, tiny_experime
     # the same formula in both simulators: mean E2E within a few % on 24 requests
     assert entry["agreement"]["e2e_pts"] < 5.0, entry
     assert entry["blis_stepml"]["e2e_ms"] != entry["blis_roofline"]["e2e_ms"]
+    # BLIS's parse of config.json gave the StepML model the replay's architecture columns
+    assert entry["blis_stepml"]["columns_checked"] == 2
+    assert not [n for n in entry["notes"] if "BLIS computed" in n], entry["notes"]
 
 
 def test_evaluation_blis_refuses_bad_input_in_one_line(tiny_experiment, demo_export, capsys):
