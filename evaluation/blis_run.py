@@ -4,19 +4,23 @@
 ``profile.yaml``, the measured results) with the same helpers as
 :mod:`evaluation.replay`, so both simulators get the same workload:
 
-* requests: each stage of the profile is one BLIS run with a v2 workload
-  spec (``version: "2"``) whose ``inference_perf`` block BLIS expands into one
-  client per prompt, arriving by inference-perf's own normalised-exponential
-  timer (``rate × duration`` requests per stage, exactly); stages run one
-  after another, each on an idle server, as inference-perf ran them (and as
-  the replay places them);
+* requests: each stage of the profile is one BLIS run of a v2 workload spec
+  (``version: "2"``, :func:`stage_spec`) with one client per prompt, Poisson
+  arrivals at ``rate / P`` each — together a Poisson stream at the stage's rate,
+  cut at its ``rate × duration``-th request by ``num_requests`` (inference-perf's
+  constant timer is the same process conditioned on that count); stages run
+  one after another, each on an idle server, as inference-perf ran them (and
+  as the replay places them). BLIS's own ``inference_perf`` block is not used:
+  its per-client normalised timers make every client's last request arrive at
+  the very end of the stage (a burst of ``P`` simultaneous requests), and its
+  multi-stage path draws plain Poisson counts;
 * prompts: the ``num_groups × num_prompts_per_group`` prompts repeat, and the
   replay caches a repeated prompt whole (``prefix_mode="prompt"``, see
-  :mod:`evaluation.workloads`); BLIS gets the same by making each prompt its
-  own prefix group: ``system_prompt_len = input − 1`` shared tokens and a
-  1-token ``question_len``, ``input`` being the nominal length shifted to the
-  measured mean ``prompt_len`` exactly as the replay shifts it; so a repeated
-  prompt has the same ``floor((input − 1)/16)·16`` tokens cached in both;
+  :mod:`evaluation.workloads`); BLIS gets the same by making each prompt's
+  client its own prefix group of ``input − 1`` tokens followed by 1 token,
+  ``input`` being the nominal length shifted to the measured mean
+  ``prompt_len`` exactly as the replay shifts it; so a repeated prompt has the
+  same ``floor((input − 1)/16)·16`` tokens cached in both;
 * outputs: ``output_len`` tokens (the experiments ran with ``ignore_eos``);
 * server: ``--max-num-seqs``, ``--max-num-batched-tokens``, ``--max-model-len``
   from ``exp-config.yaml``, ``--tp``, ``--total-kv-blocks`` = the replay's KV pool
@@ -154,23 +158,32 @@ def experiment_setup(exp_dir: str | Path, data_root: str | Path | None = None) -
                            arch_columns(meta.arch, meta.hardware, meta.tp))
 
 
+#: A stage's clients stay active this much longer than the stage, so that the N-th arrival
+#: (``num_requests`` truncates there) falls inside the window.
+WINDOW_MARGIN = 1.25
+
+
 def stage_spec(setup: ExperimentSetup, stage: int, seed: int) -> dict[str, Any]:
-    """The v2 workload spec of one stage: one prefix group per prompt (whole prompt cached when repeated)."""
+    """The v2 workload spec of one stage (see the module docstring).
+
+    One client per prompt (``rate_fraction`` 1 each, so each gets ``rate/P``), its
+    own prefix group of ``input − 1`` tokens plus a 1-token question, Poisson
+    arrivals; the superposition is a Poisson stream of the stage's rate, cut at
+    the stage's ``rate × duration``-th request.
+    """
     rate, duration = setup.stages[stage]
     n = int(rate * duration)
     if setup.input_tokens < 2:
         raise StepMLError(f"{setup.experiment_id}: input length {setup.input_tokens} < 2")
-    if duration != int(duration):
-        raise StepMLError(f"{setup.experiment_id}: stage {stage} duration {duration} s is not whole seconds")
-    return {
-        "version": "2", "seed": int(seed), "num_requests": n, "aggregate_rate": float(rate),
-        "inference_perf": {
-            "stages": [{"rate": float(rate), "duration": int(duration)}],
-            "shared_prefix": {"num_unique_system_prompts": int(setup.num_prompts), "num_users_per_system_prompt": 1,
-                              "system_prompt_len": int(setup.input_tokens) - 1, "question_len": 1,
-                              "output_len": int(setup.output_tokens), "enable_multi_turn_chat": False},
-        },
-    }
+    end_us = int(round(duration * WINDOW_MARGIN * 1e6))
+    clients = [{"id": f"prompt-{k}", "slo_class": "standard", "rate_fraction": 1.0, "streaming": True,
+                "arrival": {"process": "poisson"},
+                "input_distribution": {"type": "constant", "params": {"value": 1}},
+                "output_distribution": {"type": "constant", "params": {"value": int(setup.output_tokens)}},
+                "prefix_group": f"prompt-{k}", "prefix_length": int(setup.input_tokens) - 1,
+                "lifecycle": {"windows": [{"start_us": 0, "end_us": end_us}]}}
+               for k in range(int(setup.num_prompts))]
+    return {"version": "2", "seed": int(seed), "num_requests": n, "aggregate_rate": float(rate), "clients": clients}
 
 
 def blis_args(setup: ExperimentSetup, backend: str, spec: Path, metrics: Path, seed: int,

@@ -195,9 +195,11 @@ def test_experiment_becomes_one_v2_spec_per_stage(tiny_experiment):
     assert (setup.stages, setup.num_prompts, setup.input_tokens, setup.output_tokens) == (((2, 6), (4, 3)), 6, 160, 24)
     spec = stage_spec(setup, 1, seed=7)
     assert spec["version"] == "2" and spec["num_requests"] == 12 and spec["seed"] == 7
-    prefix = spec["inference_perf"]["shared_prefix"]
-    assert (prefix["num_unique_system_prompts"], prefix["num_users_per_system_prompt"]) == (6, 1)
-    assert prefix["system_prompt_len"] + prefix["question_len"] == 160 and prefix["output_len"] == 24
+    assert spec["aggregate_rate"] == 4.0 and len(spec["clients"]) == 6          # one client per prompt
+    assert {c["prefix_group"] for c in spec["clients"]} == {f"prompt-{k}" for k in range(6)}
+    one = spec["clients"][0]
+    assert one["prefix_length"] + one["input_distribution"]["params"]["value"] == 160
+    assert one["output_distribution"]["params"]["value"] == 24 and one["arrival"]["process"] == "poisson"
     args = blis_args(setup, "stepml", Path("s.yaml"), Path("m.json"), 7)
     flags = dict(zip(args[1::2], args[2::2]))
     replay = replay_experiment(tiny_experiment, _Constant(), 0)
