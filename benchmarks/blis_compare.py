@@ -14,7 +14,11 @@ replay and BLIS+ours, and the goals:
 Default experiments: the six non-reasoning Llama-2-70B and CodeLlama-34B ones.
 Prints numbers; no assertions.
 
-Run: ``python benchmarks/blis_compare.py ARTIFACT [ARTIFACT ...] [--experiments ID ...] [--json PATH]``.
+``--calibrate`` gives both simulators the queueing and post-decode overheads the replay
+fits on each artifact's training experiment (:func:`evaluation.blis.calibrated_overheads`).
+
+Run: ``python benchmarks/blis_compare.py ARTIFACT [ARTIFACT ...] [--experiments ID ...] [--calibrate]
+[--json PATH]``.
 """
 from __future__ import annotations
 
@@ -44,22 +48,31 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=DEFAULT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="give both simulators the queueing and post-decode overheads the replay fits on each "
+                             "artifact's first training experiment (70B general for an artifact without one)")
     args = parser.parse_args()
     root = data_root_or_exit()
     from discovery.formula import artifact_overheads, load_artifact
-    from evaluation.blis import _binaries, compare_experiment, format_experiment, format_summary
+    from evaluation.blis import blis_binaries, calibrated_overheads, compare_experiment, format_experiment, format_summary
 
     loaded = []
     for a in args.artifacts:
         path = Path(a) / "artifact.json" if Path(a).is_dir() else Path(a)
         doc, predictor = load_artifact(path)
         models = {_model(e) for e in doc.get("experiments") or []}
-        loaded.append((path, predictor, artifact_overheads(doc, path), models))
+        overheads = artifact_overheads(doc, path)
+        if args.calibrate:
+            train = (doc.get("experiments") or DEFAULT[:1])[0]
+            overheads = calibrated_overheads(root / "blis" / "experiments" / train, predictor, args.seed)
+            print(f"{path}: {overheads.source}: QueueingTime {overheads.queueing_us:.0f} µs, "
+                  f"PostDecodeFixedOverhead {overheads.post_decode_us:.0f} µs", flush=True)
+        loaded.append((path, predictor, overheads, models))
     results, binaries = {}, {}
     for exp_id in args.experiments:
         path, predictor, overheads, _ = next((x for x in loaded if _model(exp_id) in x[3]), loaded[0])
         if path not in binaries:
-            binaries[path] = _binaries(path, None, ["stepml", "trained-physics", "roofline"], print)
+            binaries[path] = blis_binaries(path, None, ["stepml", "trained-physics", "roofline"], print, overheads)
         t0 = time.perf_counter()
         entry = compare_experiment(root / "blis" / "experiments" / exp_id, predictor, overheads, binaries[path],
                                    args.seed, print)

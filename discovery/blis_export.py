@@ -173,8 +173,13 @@ def write_blis(blis_dir: Path, sources: GoSources, name: str) -> Path:
     return write_overlay(Path(blis_dir), sources.model, sources.tests, name)
 
 
-def export_artifact_to_blis(artifact: Path, blis_dir: Path, echo: Callable[[str], Any] = print) -> Path:
-    """The BLIS overlay of an existing artifact (its formula, definitions and overheads)."""
+def export_artifact_to_blis(artifact: Path, blis_dir: Path, echo: Callable[[str], Any] = print,
+                            overheads=None) -> Path:
+    """The BLIS overlay of an existing artifact (its formula, definitions and overheads).
+
+    ``overheads`` (an :class:`~discovery.printers.go_source.Overheads`) replaces
+    the artifact's own, e.g. ones calibrated by ``evaluation.blis --calibrate-on``.
+    """
     from discovery.formula import artifact_overheads, load_artifact, run_data
     from discovery.printers.blis import blis_home, patched_files
 
@@ -187,7 +192,7 @@ def export_artifact_to_blis(artifact: Path, blis_dir: Path, echo: Callable[[str]
     reason = go_refusal(predictor.definitions, dataset)
     if reason:
         raise StepMLError(reason)
-    overheads = artifact_overheads(doc, artifact)
+    overheads = overheads or artifact_overheads(doc, artifact)
     comment = constants_comment(str(doc.get("data", "")), doc.get("baked_columns") or {})
     sources = go_sources(predictor.expr, predictor.definitions, dataset, comment, overheads)
     out = write_blis(blis_dir, sources, str(doc.get("name", "artifact")))

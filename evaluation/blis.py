@@ -34,6 +34,10 @@ the replay (its ``post_overhead_s`` shifts every token by a constant, which
 changes TTFT and E2E once and ITL not at all), so it is applied to BLIS only,
 and the output says so.
 
+``--calibrate-on DIR`` fits ``queueing_us`` and ``post_decode_us`` on one
+experiment with the replay (:func:`calibrated_overheads`) and gives them to
+both simulators, as ``evaluation.replay --calibrate-on`` does for the replay.
+
 ``--json``: ``{"experiments": {ID: {"measured": {...}, "replay": {...},
 "blis_stepml": {...}, "blis_trained_physics": {...}, "blis_roofline": {...},
 "agreement": {...}}}}``, each inner object with ``e2e_ms``, ``ttft_ms``,
@@ -149,7 +153,24 @@ def format_summary(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _binaries(artifact: Path, blis_binary: str | None, backends: Sequence[str], echo) -> dict[str, Path]:
+def calibrated_overheads(exp_dir: Path, predictor: Any, seed: int = 0):
+    """Queueing and post-decode overheads fitted on one experiment by the replay.
+
+    :func:`evaluation.replay.calibrate_overheads`: ``queue_overhead_s`` (the
+    median-TTFT residual) becomes ``queueing_us`` and ``end_overhead_s`` (the
+    last-line → request-end tail) ``post_decode_us``; no per-token term.
+    """
+    from discovery.printers.go_source import Overheads
+    from evaluation.replay import calibrate_overheads
+
+    cal = calibrate_overheads(exp_dir, predictor, seed)
+    return Overheads(queueing_us=cal["queue_overhead_s"] * 1e6, post_decode_us=cal["end_overhead_s"] * 1e6,
+                     source=f"evaluation.replay.calibrate_overheads on {Path(exp_dir).name}",
+                     given=("queueing_us", "post_decode_us"))
+
+
+def blis_binaries(artifact: Path, blis_binary: str | None, backends: Sequence[str], echo,
+              overheads=None) -> dict[str, Path]:
     from discovery.blis_export import export_artifact_to_blis
     from evaluation.blis_build import build_blis, which_blis
 
@@ -159,7 +180,8 @@ def _binaries(artifact: Path, blis_binary: str | None, backends: Sequence[str], 
     out: dict[str, Path] = {}
     if "stepml" in backends:
         with tempfile.TemporaryDirectory(prefix="stepml-overlay-") as tmp:
-            overlay = export_artifact_to_blis(artifact, Path(tmp) / "overlay", echo=lambda *_: None)
+            overlay = export_artifact_to_blis(artifact, Path(tmp) / "overlay", echo=lambda *_: None,
+                                              overheads=overheads)
             build = build_blis(overlay)
         echo(f"BLIS with the StepML overlay: {build.binary}{' (cached)' if build.cached else ''}; "
              f"{build.go_test_summary()}")
@@ -184,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backends", default="stepml,trained-physics,roofline",
                         help="comma-separated BLIS latency backends (default: stepml,trained-physics,roofline)")
     parser.add_argument("--seed", type=int, default=0, help="workload seed of both simulators (default 0)")
+    parser.add_argument("--calibrate-on", default=None, metavar="DIR",
+                        help="fit the queueing and post-decode overheads on this experiment with the replay "
+                             "(evaluation.replay --calibrate-on) and give them to both simulators, instead of "
+                             "the artifact's")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -211,7 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def echo(text: str) -> None:
         print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    binaries = _binaries(artifact, args.blis_binary, backends, echo)
+    if args.calibrate_on:
+        if args.blis_binary:
+            raise StepMLError("--calibrate-on builds the overlay with the calibrated overheads: drop --blis-binary")
+        overheads = calibrated_overheads(resolve_experiment(args.calibrate_on), predictor, args.seed)
+        echo(f"calibrated on {Path(args.calibrate_on).name}: QueueingTime {overheads.queueing_us:.0f} µs, "
+             f"PostDecodeFixedOverhead {overheads.post_decode_us:.0f} µs")
+    binaries = blis_binaries(artifact, args.blis_binary, backends, echo, overheads)
     results = {}
     for exp in experiments:
         results[exp.name] = compare_experiment(exp, predictor, overheads, binaries, args.seed, echo)

@@ -313,6 +313,9 @@ def test_evaluation_blis_refuses_bad_input_in_one_line(tiny_experiment, demo_exp
     assert _run(blis.main, ["--artifact", str(exported), "--experiments", str(tiny_experiment),
                             "--blis-binary", "/nonexistent/blis"]) == 2
     assert "not an executable file" in capsys.readouterr().err
+    assert _run(blis.main, ["--artifact", str(exported), "--experiments", str(tiny_experiment),
+                            "--blis-binary", "/bin/true", "--calibrate-on", str(tiny_experiment)]) == 2
+    assert "drop --blis-binary" in capsys.readouterr().err
 
 
 def test_missing_toolchain_is_reported_not_raised(monkeypatch):
