@@ -48,17 +48,17 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     """
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import calibrate_overheads, replay_experiment
-    from evaluation.replay_setup import resolve_experiment as _resolve_experiment
+    from evaluation.replay_setup import resolve_experiment
     from features import catalog
 
-    dirs = [_resolve_experiment(e) for e in experiments]
+    dirs = [resolve_experiment(e) for e in experiments]
     out = front.copy()
     for col in REPLAY_COLUMNS:
         out[col] = np.nan
     options = {"capacity": False, "explain": False, "async_scheduling": True}
     for i, row in front.iterrows():
         predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), name=f"row {i}")
-        overheads = calibrate_overheads(_resolve_experiment(calibrate_on), predictor, seed, **options) \
+        overheads = calibrate_overheads(resolve_experiment(calibrate_on), predictor, seed, **options) \
             if calibrate_on else {}
         errs = {col: [] for col in REPLAY_COLUMNS}
         for d in dirs:

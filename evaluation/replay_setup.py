@@ -53,7 +53,7 @@ from features.metadata import (ExperimentMeta, arch_columns, default_data_root, 
 
 __all__ = ["ClientLimits", "ExperimentSetup", "prepare_experiment", "client_limits", "scheduler_config",
            "estimate_kv_blocks", "kv_blocks_from_memory", "kv_blocks_for", "step_time_function", "step_constants", "roots_for",
-           "experiment_metadata", "measured_windows", "measured_prompt_len", "resolve_experiment",
+           "experiment_metadata", "measured_windows", "measured_prompt_len", "matched_input_offset", "resolve_experiment",
            "BLOCK_SIZE", "STEP_TABLE", "AIOHTTP_DEFAULT_TIMEOUT_S"]
 
 BLOCK_SIZE = 16
@@ -292,6 +292,13 @@ def measured_prompt_len(exp_dir: Path) -> float | None:
         return None
 
 
+def matched_input_offset(exp_dir: str | Path, profile: Profile) -> int:
+    """Tokens added to every input so its length is the measured mean ``prompt_len`` (0 without results)."""
+    measured_len = measured_prompt_len(Path(exp_dir))
+    return 0 if measured_len is None else int(round(measured_len - profile.data.nominal_input))
+
+
+
 def client_limits(exp_dir: str | Path) -> ClientLimits:
     """The client's timeout and in-flight bound from ``results/config.yaml`` (defaults without it)."""
     path = Path(exp_dir) / "results" / "config.yaml"
@@ -343,11 +350,7 @@ def prepare_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, *, st
     bad = [s for s in chosen if not 0 <= s < n_stages]
     if bad or not chosen:
         raise StepMLError(f"{exp_dir.name}: stage(s) {bad or chosen} not in the profile (stages 0..{n_stages - 1})")
-    offset = 0
-    if match_prompt_len:
-        measured_len = measured_prompt_len(exp_dir)
-        if measured_len is not None:
-            offset = int(round(measured_len - profile.data.nominal_input))
+    offset = matched_input_offset(exp_dir, profile) if match_prompt_len else 0
     if num_gpu_blocks is not None:
         blocks, kv_source = int(num_gpu_blocks), "given"
     else:
