@@ -1,8 +1,11 @@
 """Five-way comparison inside the real BLIS: measured, our replay, BLIS+ours, BLIS trained-physics, BLIS roofline.
 
 For each experiment, the artifact trained on the same model is used (an artifact's
-model is read from its ``experiments``; ``-hf`` suffixes ignored), else the first
-artifact (a cross-model one). Runs :func:`evaluation.blis.compare_experiment`
+models are read from its ``experiments``, or from ``calibration.experiments`` for one
+written by ``discovery.calibrate`` / ``evaluation.generalize --out``; ``-hf`` suffixes
+ignored), else the first artifact (a cross-model one). With ``--held-out`` the rule is
+reversed: each experiment gets the artifact that did *not* see its model (the
+leave-one-model-out artifacts of ``evaluation.generalize --by model --out DIR``). Runs :func:`evaluation.blis.compare_experiment`
 (BLIS built once per artifact and once plain, cached; BLIS runs cached) and prints
 per experiment the E2E/TTFT/ITL errors of the five sources, the agreement of our
 replay and BLIS+ours, and the goals:
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=DEFAULT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--held-out", action="store_true",
+                        help="give each experiment the artifact whose training experiments exclude its model")
     parser.add_argument("--calibrate", action="store_true",
                         help="give both simulators the queueing and post-decode overheads the replay fits on each "
                              "artifact's first training experiment (70B general for an artifact without one)")
@@ -60,7 +65,8 @@ def main() -> None:
     for a in args.artifacts:
         path = Path(a) / "artifact.json" if Path(a).is_dir() else Path(a)
         doc, predictor = load_artifact(path)
-        models = {_model(e) for e in doc.get("experiments") or []}
+        calibration = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else {}
+        models = {_model(e) for e in (doc.get("experiments") or calibration.get("experiments") or [])}
         overheads = artifact_overheads(doc, path)
         if args.calibrate:
             train = (doc.get("experiments") or DEFAULT[:1])[0]
@@ -70,7 +76,8 @@ def main() -> None:
         loaded.append((path, predictor, overheads, models))
     results, binaries = {}, {}
     for exp_id in args.experiments:
-        path, predictor, overheads, _ = next((x for x in loaded if _model(exp_id) in x[3]), loaded[0])
+        seen = (lambda x: _model(exp_id) not in x[3]) if args.held_out else (lambda x: _model(exp_id) in x[3])
+        path, predictor, overheads, _ = next((x for x in loaded if seen(x)), loaded[0])
         if path not in binaries:
             binaries[path] = blis_binaries(path, None, ["stepml", "trained-physics", "roofline"], print, overheads)
         t0 = time.perf_counter()

@@ -376,7 +376,8 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
     lines = [f"# Audit: `{doc['name']}`", "",
              ("**Data is SYNTHETIC (bundled demo).** " if doc.get("synthetic") else "")
              + f"Data: {doc['data']} (hash `{doc['data_hash']}`), target `{doc['target']}`, split `{doc['split']}`"
-             + (f" fold `{doc['fold']}`" if doc.get("fold") else "") + f", engine {doc['engine']}, seed {doc['seed']}.",
+             + (f" fold `{doc['fold']}`" if doc.get("fold") else "") + f", engine {doc['engine']}, seed {doc.get('seed')}."
+             + (f" {doc['split_note']}." if doc.get("split_note") else ""),
              "", "## Formula", "", "$$t_{\\mathrm{step}}\\,[\\mu s] = " + doc["expression"]["latex"] + "$$", "",
              f"Complexity {doc['complexity']}; constants: {', '.join(f'{c:.6g}' for c in doc['constants'])}.", "",
              "| term | unit | availability | meaning | definition (constants of the data baked in) |",

@@ -113,6 +113,7 @@ class CalibrationSettings:
     async_scheduling: bool = True
     step_weight: float = 1.0
     prior_weight: float = 1e-3
+    roofline_floor: bool = True
 
     def __post_init__(self) -> None:
         if self.requests_per_stage < 0 or self.max_iterations < 1 or not self.budget_s > 0:
@@ -129,6 +130,26 @@ def _parametrize(expr: sympy.Expr, values: list[float]) -> sympy.Expr:
     if not expr.args:
         return expr
     return expr.func(*[_parametrize(a, values) for a in expr.args])
+
+
+ROOFLINE_BOUND = "rl_bound"
+
+
+def with_roofline_floor(expr: sympy.Expr) -> sympy.Expr:
+    """``Max(rl_bound, expr)``: the formula, never below the step's roofline lower bound.
+
+    Step traces sampled every few steps report a cycle time averaged over the
+    unsampled steps around a sampled one, so prefill-heavy samples look faster
+    than the hardware allows and a fit learns multipliers below 1 (BLIS's
+    trained-physics fits 0.15 on prefill). The floor keeps every prediction
+    physical — the audit's INV-M-7 holds by construction — while the fitted
+    constants still describe the typical step. A formula that already has the
+    floor is returned unchanged.
+    """
+    bound = sympy.Symbol(ROOFLINE_BOUND)
+    if isinstance(expr, sympy.Max) and bound in expr.args:
+        return expr
+    return sympy.Max(bound, expr)
 
 
 class ParamFormula:
@@ -401,7 +422,7 @@ def calibrate(expr: sympy.Expr, experiments: Sequence[str | Path], steps: str | 
     """
     settings = settings or CalibrationSettings()
     mapper = mapper or map
-    formula = ParamFormula(expr)
+    formula = ParamFormula(with_roofline_floor(expr) if settings.roofline_floor else expr)
     exps = [Path(e) for e in experiments]
     rows = step_rows(steps, [e.name for e in exps]) if steps else []
     k = len(formula.params)
@@ -485,6 +506,46 @@ def artifact_document(result: CalibrationResult, name: str, source: str, experim
     return json_safe(doc)
 
 
+def write_artifact(doc: Mapping[str, Any], out: str | Path, steps: str | Path | None,
+                   experiments: Sequence[str]) -> Path:
+    """Write ``out/artifact.json`` (atomically) with the step split the audit scores on.
+
+    With step traces, the rows of experiments the calibration did not see are the
+    test part (a held-out fold, spec ``calibration``, fold ``held-out``) and the
+    calibrated experiments' rows split 75/25 by step order into train and
+    validation; when it saw every experiment of the table, the split is the
+    temporal 60/20/20 one (in-sample: the calibration saw all rows). The index
+    file is saved beside the artifact, so ``discovery.audit`` and ``export``
+    reload exactly these rows. Without step traces nothing is saved and the
+    audit refuses the artifact (it has no steps to score on).
+    """
+    from features.dataset import load_dataset
+    from features.io import atomic_write_json
+    from features.splits import held_out_fold, save_splits, temporal_split
+    from features.targets import DEFAULT_MAX_GAP
+
+    out = Path(out)
+    doc = dict(doc)
+    if steps:
+        dataset = load_dataset(steps, "cycle")
+        data_hash = dataset.content_hash()
+        ids = dataset.frame["experiment_id"].astype(str).to_numpy()
+        held = ~np.isin(ids, [str(e) for e in experiments])
+        split = (held_out_fold(dataset.frame, held, "calibration", "held-out", data_hash) if held.any()
+                 else temporal_split(dataset.frame, data_hash=data_hash))
+        from discovery.export import step_metrics
+        from discovery.formula import artifact_formula
+
+        metrics, _ = step_metrics(artifact_formula(doc, out)[0], dataset, split)
+        doc["metrics"] = {**doc.get("metrics", {}), **metrics}
+        out.mkdir(parents=True, exist_ok=True)
+        doc.update({"data_hash": data_hash, "max_gap": DEFAULT_MAX_GAP, "split": split.spec, "fold": split.fold,
+                    "split_file": save_splits([split], out).name,
+                    "split_note": ("test rows: the step traces of experiments the calibration did not see"
+                                   if held.any() else "in-sample: the calibration saw every row of the step table")})
+    return atomic_write_json(out / "artifact.json", doc)
+
+
 # -- CLI ----------------------------------------------------------------------------------------------
 
 def load_formula(spec: str) -> tuple[sympy.Expr, str]:
@@ -520,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=1500,
                    help="requests replayed per stage in each iteration (default 1500; 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="workload seed of the replays (default 0)")
+    p.add_argument("--no-roofline-floor", dest="roofline_floor", action="store_false",
+                   help="calibrate the formula as given, without the floor Max(rl_bound, formula)")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
     par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
@@ -537,7 +600,7 @@ def _settings(args: argparse.Namespace) -> CalibrationSettings:
     if not (math.isfinite(args.budget) and args.budget > 0):
         raise StepMLError(f"--budget must be a positive number of seconds, got {args.budget}")
     return CalibrationSettings(requests_per_stage=args.requests, max_iterations=args.iterations,
-                               budget_s=args.budget, seed=args.seed)
+                               budget_s=args.budget, seed=args.seed, roofline_floor=args.roofline_floor)
 
 
 def _mapper(args: argparse.Namespace) -> Any:
@@ -585,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = calibrate(expr, experiments, args.steps, settings, mapper, state,
                            lambda st: atomic_write_json(state_path, {**base, **st}), echo)
     doc = artifact_document(result, name, label, experiments, args.steps, settings)
-    atomic_write_json(out / "artifact.json", doc)
+    write_artifact(doc, out, args.steps, [e.name for e in experiments])
     if args.json:
         print(json.dumps(doc))
     else:

@@ -142,7 +142,8 @@ def tex_source(expr: sympy.Expr, defs: dict[str, sympy.Expr], doc: dict[str, Any
     return "\n".join(lines)
 
 
-def _metrics(expr: sympy.Expr, dataset, split) -> tuple[dict[str, Any], Any]:
+def step_metrics(expr: sympy.Expr, dataset, split) -> tuple[dict[str, Any], Any]:
+    """Step MAPE/MSPE of a formula on each part of a split, overall and per experiment (and the score card)."""
     from evaluation.predictors import FormulaPredictor
     from evaluation.scorer import score
 
@@ -171,31 +172,91 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     (:func:`discovery.blis_export.write_blis`); a formula BLIS cannot evaluate
     is then refused before anything is written.
     """
-    from discovery.blis_export import data_models, go_refusal
     from discovery.formula import baked_definitions, run_data
     from discovery.pareto import pick_row
-    from discovery.rundir import expr_of, read_run_json
-    from features.splits import save_splits
-    from search_spaces.objective import complexity
-
-    from features.io import check_writable_dir
-
-    from discovery.rundir import reviewed_front
+    from discovery.rundir import expr_of, read_run_json, reviewed_front
 
     info = read_run_json(run_dir)
     front, eligible = reviewed_front(run_dir)
     row_index = pick_row(front, pick, eligible)
     row = front.iloc[row_index]
     name = check_export_name(f"{run_dir.name}-{pick}" if name is None else name)
-    out_dir = Path(out) if out else EXPORTED_DIR / name
-    check_writable_dir(out_dir, "--out" if out else "export folder")
-    if (out_dir / "artifact.json").exists():
-        raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
+    out_dir = _export_folder(name, out)
     dataset, split = run_data(info, run_dir)
     expr, full_metrics, rounding = _final_formula(expr_of(row), dataset, split, round_sig)
     used = sorted(str(s) for s in expr.free_symbols)
     check_positive(expr, used, dataset)
     defs, baked = baked_definitions(used, dataset)
+    fields = {
+        "search_infix": str(row["Equation"]), "baked_columns": baked,
+        "data_path": info.get("data_path"), "data_hash": info.get("data_hash"), "split": info.get("split"),
+        "fold": info.get("fold"), "max_gap": info.get("max_gap"), "colmap": info.get("colmap"),
+        "experiments": info.get("experiments"), "engine": str(row.get("engine", "")), "seed": info.get("seed"),
+        "run_dir": str(run_dir), "pick": pick, "front_row": int(row_index), "metrics": full_metrics,
+        "rounding": rounding, "synthetic": bool(info.get("synthetic")),
+    }
+    return write_export(expr, defs, fields, dataset, split, name, out_dir, require_go, blis, echo)
+
+
+def export_artifact(artifact: Path, name: str | None = None, out: Path | None = None, require_go: bool = False,
+                    echo=print, blis: Path | None = None) -> Path:
+    """A full export folder (Python, LaTeX, C, Go, test vectors) of an artifact that has none.
+
+    For artifacts written by ``discovery.calibrate`` or ``evaluation.generalize --out``:
+    the formula, its feature definitions and its request-level overheads are kept
+    exactly (the constants were fitted end to end, so they are neither refitted on
+    steps nor rounded); the step split saved beside the artifact gives the
+    metrics and the test vectors, so ``discovery.audit`` can audit the result.
+    """
+    from discovery.formula import load_artifact, run_data
+
+    artifact = Path(artifact)
+    folder = artifact if artifact.is_dir() else artifact.parent
+    doc, predictor = load_artifact(artifact)
+    if not doc.get("split"):
+        raise StepMLError(f"{artifact}: the artifact records no step data split (calibrated without --steps?); "
+                          "nothing to export test vectors from; give --blis DIR for its BLIS overlay alone")
+    name = check_export_name(name or str(doc.get("name") or folder.name))
+    out_dir = _export_folder(name, out)
+    dataset, split = run_data(doc, folder)
+    expr = predictor.expr
+    used = sorted(str(s) for s in expr.free_symbols)
+    check_positive(expr, used, dataset)
+    metrics, _ = step_metrics(expr, dataset, split)
+    keep = ("baked_columns", "data_path", "data_hash", "split", "fold", "max_gap", "colmap", "experiments", "engine",
+            "seed", "synthetic", "overheads", "scheduler", "calibration", "source", "split_note")
+    fields = {k: doc[k] for k in keep if k in doc}
+    fields.setdefault("engine", "artifact")
+    fields.update({"metrics": {**(doc.get("metrics") or {}), **metrics}, "artifact": str(artifact),
+                   "rounding": {"significant_figures": None, "applied": False, "val_mape_full": metrics["val_mape"],
+                                "note": "constants calibrated end to end: not refitted or rounded"}})
+    defs = {f: predictor.definitions[f] for f in used}
+    return write_export(expr, defs, fields, dataset, split, name, out_dir, require_go, blis, echo)
+
+
+def _export_folder(name: str, out: Path | None) -> Path:
+    from features.io import check_writable_dir
+
+    out_dir = Path(out) if out else EXPORTED_DIR / name
+    check_writable_dir(out_dir, "--out" if out else "export folder")
+    if (out_dir / "artifact.json").exists():
+        raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
+    return out_dir
+
+
+def write_export(expr: sympy.Expr, defs: dict[str, sympy.Expr], fields: dict[str, Any], dataset, split, name: str,
+                 out_dir: Path, require_go: bool = False, blis: Path | None = None, echo=print) -> Path:
+    """Write the export folder of a final formula: artifact, Python, LaTeX, C, Go, test vectors (checked).
+
+    ``fields`` are the artifact's provenance and metrics (``metrics`` and
+    ``rounding`` required). A formula Go cannot evaluate is refused when
+    ``require_go`` or ``blis`` asks for Go, before anything is written.
+    """
+    from discovery.blis_export import data_models, go_refusal
+    from features.splits import save_splits
+    from search_spaces.objective import complexity
+
+    used = sorted(str(s) for s in expr.free_symbols)
     go_reason = go_refusal(defs, data_models(dataset))
     if go_reason and (require_go or blis):
         raise StepMLError(go_reason)
@@ -203,25 +264,22 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         from discovery.printers.blis import blis_home, patched_files
 
         patched_files(blis_home() / "src")                   # a snapshot that cannot be patched fails first
+    search_infix = fields.pop("search_infix", None)
     doc = {
         "schema": "stepml-artifact/1", "name": name,
         "expression": {"srepr": sympy.srepr(expr), "infix": sympy.sstr(expr), "latex": formula_latex(expr),
-                       "search_infix": str(row["Equation"])},
+                       **({"search_infix": search_infix} if search_infix else {})},
         "complexity": complexity(expr),
         "features": [{"name": f, "unit": catalog.get_feature(f).unit,
                       "availability": catalog.get_feature(f).availability,
                       "description": catalog.get_feature(f).description,
                       "definition": sympy.sstr(defs[f]), "definition_srepr": sympy.srepr(defs[f])} for f in used],
         "constants": [float(c) for c in sorted(expr.atoms(sympy.Float), key=float)],
-        "baked_columns": baked,
-        "target": dataset.target, "data": dataset.label, "data_path": info.get("data_path"),
-        "data_hash": info.get("data_hash"), "split": info.get("split"), "fold": info.get("fold"),
-        "max_gap": info.get("max_gap"), "colmap": info.get("colmap"), "experiments": info.get("experiments"),
-        "engine": str(row.get("engine", "")), "seed": info.get("seed"), "run_dir": str(run_dir),
-        "pick": pick, "front_row": int(row_index), "metrics": full_metrics, "rounding": rounding,
+        "target": dataset.target, "data": dataset.label,
+        **fields,
         "go": {"exported": go_reason is None, "reason": go_reason},
-        "synthetic": bool(info.get("synthetic")),
     }
+    doc.setdefault("baked_columns", {})
     doc = json_safe(doc)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc["split_file"] = save_splits([split], out_dir).name  # the audit scores on exactly this split
@@ -232,14 +290,15 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         from discovery.blis_export import constants_comment, go_sources
         from discovery.formula import artifact_overheads
 
-        sources = go_sources(expr, defs, data_models(dataset), constants_comment(dataset.label, baked),
+        sources = go_sources(expr, defs, data_models(dataset), constants_comment(dataset.label, doc["baked_columns"]),
                              artifact_overheads(doc))
     checks = _write_compiled(out_dir, expr, used, dataset, split, sources)
     doc["checks"] = checks
     atomic_write_json(out_dir / "artifact.json", doc)
+    rounding = doc["rounding"]
     echo(f"exported {sympy.sstr(expr)}")
     echo(f"  validation MAPE {doc['metrics']['val_mape']:.3f} %, test MAPE {doc['metrics']['test_mape']:.3f} %, "
-         f"complexity {doc['complexity']}; constants rounded to {round_sig} s.f.: "
+         f"complexity {doc['complexity']}; constants rounded to {rounding['significant_figures']} s.f.: "
          f"{'yes' if rounding['applied'] else 'no'}")
     for lang, res in checks.items():
         echo(f"  {lang} check: {res['status']}" + (f" ({res['detail']})" if res.get("detail") else ""))
@@ -287,11 +346,11 @@ def _final_formula(original: sympy.Expr, dataset, split, round_sig: int | None):
     used = sorted(str(s) for s in expr.free_symbols)
     X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
     expr = refit_constants(expr, X_train, dataset.y[split.train])
-    full_metrics, _ = _metrics(expr, dataset, split)
+    full_metrics, _ = step_metrics(expr, dataset, split)
     rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
     if round_sig:
         rounded = round_constants(expr, round_sig)
-        rounded_metrics, _ = _metrics(rounded, dataset, split)
+        rounded_metrics, _ = step_metrics(rounded, dataset, split)
         rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
         if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
             expr, full_metrics = rounded, rounded_metrics
@@ -370,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m discovery.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", default=None,
                         help="run directory (default: the latest under results/), or an artifact.json (or an export "
-                             "folder) to write only its BLIS overlay (--blis)")
+                             "folder): a calibrated artifact gets a full export folder (--out/--name), an existing "
+                             "export only its BLIS overlay (--blis)")
     parser.add_argument("--pick", default="best", help="best (default), accuracy, knee, score, or a front row number")
     parser.add_argument("--name", default=None, help="name of the export (default: <run-id>-<pick>)")
     parser.add_argument("--out", default=None, help="output folder (default: exported/<name>/)")
@@ -391,11 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else latest_run()
     artifact = run_dir if run_dir.is_file() else run_dir / "artifact.json"
     if artifact.is_file() and not (run_dir / "hall_of_fame.csv").is_file():
-        if blis is None:
-            raise StepMLError(f"{run_dir} is an export already; give --blis DIR to write its BLIS overlay")
-        from discovery.blis_export import export_artifact_to_blis
+        folder = artifact.parent
+        exported = (folder / "formula.py").is_file()
+        if exported or (blis is not None and args.out is None and args.name is None):
+            if blis is None:
+                raise StepMLError(f"{run_dir} is an export already; give --blis DIR to write its BLIS overlay")
+            from discovery.blis_export import export_artifact_to_blis
 
-        export_artifact_to_blis(artifact, blis)
+            export_artifact_to_blis(artifact, blis)
+            return 0
+        export_artifact(artifact, args.name, Path(args.out) if args.out else None, args.require_go, blis=blis)
         return 0
     if not run_dir.is_dir():
         raise StepMLError(f"run directory not found: {run_dir}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -198,12 +198,11 @@ def _write_artifact(result: Any, out: Path | None, group: str, kind: str, train:
     """The fold's calibrated formula as an artifact under ``out/<group>-<kind>/`` (None without ``out``)."""
     if out is None:
         return None
-    from discovery.calibrate import artifact_document
-    from features.io import atomic_write_json
+    from discovery.calibrate import artifact_document, write_artifact
 
     name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in f"{group}-{kind}").strip("-.")
     doc = artifact_document(result, name, f"evaluation.generalize, {group} held out", list(train), steps, settings)
-    return str(atomic_write_json(Path(out) / name / "artifact.json", doc))
+    return str(write_artifact(doc, Path(out) / name, steps, [e.name for e in train]))
 
 
 def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None, space: str, budget: float,
@@ -222,7 +221,8 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
     if not results:
         raise StepMLError("no candidate formula: give --priors >= 1 or a search --budget with step traces")
     chosen = min(results.values(), key=lambda r: r.loss)
-    baseline = _calibrated(BLACKBOX, train, steps, settings, mapper)
+    plain = replace(settings, roofline_floor=False)                 # a blackbox knows no roofline
+    baseline = _calibrated(BLACKBOX, train, steps, plain, mapper)
     echo(f"  [{group}] blackbox loss {baseline.loss:6.2f} %  {baseline.expr}")
     import sympy
 
@@ -231,8 +231,8 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
         echo(f"  [{group}] held out {exp}: E2E {r['e2e_err']:.1f} %, TTFT {r['ttft_err']:.1f} %, ITL "
              f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)"
              + ("; SATURATED" if r.get("saturated") else ""))
-    artifacts = {kind: _write_artifact(res, out, group, kind, train, steps, settings)
-                 for kind, res in (("stepml", chosen), ("blackbox", baseline))}
+    artifacts = {kind: _write_artifact(res, out, group, kind, train, steps, used)
+                 for kind, res, used in (("stepml", chosen, settings), ("blackbox", baseline, plain))}
     return FoldResult(group, tuple(e.name for e in train), tuple(e.name for e in test), sympy.sstr(chosen.expr),
                       dict(chosen.overheads), chosen.loss, {sympy.sstr(r.expr): r.loss for r in results.values()},
                       ours, sympy.sstr(baseline.expr), theirs, round(time.monotonic() - started, 1),
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=4, help="calibration outer iterations (default 4)")
     p.add_argument("--priors", type=int, default=len(PRIORS),
                    help=f"physics prior formulas calibrated as candidates (0..{len(PRIORS)}, default all)")
+    p.add_argument("--no-roofline-floor", dest="roofline_floor", action="store_false",
+                   help="calibrate the candidates as they are, without the floor Max(rl_bound, formula)")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
     par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
@@ -335,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise StepMLError("--seed and --budget must be >= 0")
     if not 0 <= args.priors <= len(PRIORS):
         raise StepMLError(f"--priors must be in 0..{len(PRIORS)}")
-    settings = CalibrationSettings(requests_per_stage=args.requests, max_iterations=args.iterations, seed=args.seed)
+    settings = CalibrationSettings(requests_per_stage=args.requests, max_iterations=args.iterations, seed=args.seed,
+                                   roofline_floor=args.roofline_floor)
     experiments = [_resolve_experiment(e) for e in args.experiments] if args.experiments else default_experiments()
     steps = Path(args.steps) if args.steps else default_data_root() / STEP_TABLE
     if args.steps and not steps.exists():

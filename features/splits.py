@@ -102,8 +102,8 @@ def random_split(frame: pd.DataFrame, shares: tuple[float, float, float] = TEMPO
     return Split("random", "", train, val, test, data_hash)
 
 
-def _held_out_fold(frame: pd.DataFrame, held: np.ndarray, spec: str, fold: str, data_hash: str) -> Split:
-    """Held-out rows are the test part; the rest is split 75/25 by step order within each experiment."""
+def held_out_fold(frame: pd.DataFrame, held: np.ndarray, spec: str, fold: str, data_hash: str = "") -> Split:
+    """Held-out rows (boolean mask) are the test part; the rest is split 75/25 by step order within each experiment."""
     rest = frame.loc[~held]
     positions = np.flatnonzero(~held)
     train_local, val_local = _cut(_order_within(rest.reset_index(drop=True)),
@@ -121,7 +121,7 @@ def group_folds(frame: pd.DataFrame, column: str, spec: str, data_hash: str = ""
     if len(levels) < 2:
         raise StepMLError(f"split '{spec}': column '{column}' has a single value ({levels[0] if levels else '-'}); "
                           "leave-one-out needs at least two")
-    return [_held_out_fold(frame, values == level, spec, level, data_hash) for level in levels]
+    return [held_out_fold(frame, values == level, spec, level, data_hash) for level in levels]
 
 
 def kfold_splits(frame: pd.DataFrame, k: int = DEFAULT_FOLDS, column: str = "experiment_id", spec: str = "kfold",
@@ -148,7 +148,7 @@ def kfold_splits(frame: pd.DataFrame, k: int = DEFAULT_FOLDS, column: str = "exp
         fold_of[group] = target
         rows[target] += size
     assigned = np.array([fold_of[v] for v in values])
-    return [_held_out_fold(frame, assigned == f, spec, str(f + 1), data_hash) for f in range(k)]
+    return [held_out_fold(frame, assigned == f, spec, str(f + 1), data_hash) for f in range(k)]
 
 
 def _kfold_spec(spec: str) -> tuple[int, str]:

@@ -293,7 +293,7 @@ def test_predict_on_a_dict_of_scalars_matches_the_frame(name, demo, fitted):
 
 # -- CLI -------------------------------------------------------------------------------------------------
 
-def _cli(*args: str, stepml_data: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, stepml_data: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_thread
     if stepml_data is not None:
         env["STEPML_DATA"] = str(stepml_data)

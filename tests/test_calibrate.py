@@ -166,3 +166,53 @@ def _artifact_of(expr) -> dict:
             "expression": {"srepr": sympy.srepr(expr)},
             "features": [{"name": f, "definition_srepr": sympy.srepr(catalog.get_feature(f).sympy_expr())}
                          for f in used]}
+
+
+def test_the_roofline_floor_wraps_once_and_keeps_the_fit_physical(demo_root):
+    floored = cal.with_roofline_floor(law_expression())
+    assert isinstance(floored, sympy.Max) and sympy.Symbol("rl_bound") in floored.args
+    assert cal.with_roofline_floor(floored) == floored
+    # a law at half its size is below the roofline on big batches; the floor lifts exactly those steps
+    exp = _exps(demo_root, "dense-34b-tp2-code")[0]
+    half = FormulaPredictor(law_expression() * 0.5, tuple(catalog.registry()))
+    kept = replay_experiment(exp, half, 0, keep_sim=True)
+    steps, constants = kept.sim.steps, kept.constants
+    formula = cal.ParamFormula(cal.with_roofline_floor(law_expression() * 0.5))
+    plain = cal.ParamFormula(law_expression() * 0.5)
+    cols = {**{c: steps[c].to_numpy(dtype=float) for c in steps.columns if c.startswith(("batch.", "kv."))},
+            **constants}
+    n = len(steps)
+    bound = cal.ParamFormula(sympy.Symbol("rl_bound") + sympy.Float(0.0))
+    lifted, raw, floor = (f.durations(f.x0, cols, n) for f in (formula, plain, bound))
+    assert np.all(lifted >= floor - 1e-9) and np.allclose(lifted, np.maximum(raw, floor))
+    assert np.any(raw < floor)                       # the floor matters on this workload
+
+
+def test_a_calibrated_artifact_exports_in_full_and_passes_the_audit(tmp_path, capsys):
+    """The split saved beside a calibrated artifact makes it exportable (all languages) and auditable."""
+    from discovery import audit, export
+    from features.demo import demo_steps
+
+    steps = tmp_path / "steps.parquet"
+    demo_steps().to_parquet(steps)
+    ids = sorted(set(demo_steps()["experiment_id"].astype(str)))
+    law = law_expression().subs(sympy.Symbol("rl_allreduce"), 0)     # BLIS's hardware has no NVLink bandwidth
+    doc = _artifact_of(cal.with_roofline_floor(law))
+    doc.update({"calibration": {"experiments": ids[:-1]}, "scheduler": {"async_scheduling": True},
+                "overheads": {"queueing_us": 9000.0, "post_decode_us": 2000.0, "output_token_us": 0.0}})
+    cal.write_artifact(doc, tmp_path / "cal", steps, ids[:-1])
+    saved = json.loads((tmp_path / "cal" / "artifact.json").read_text())
+    assert (saved["split"], saved["fold"]) == ("calibration", "held-out")
+    assert 0 < saved["metrics"]["test_mape"] < 10          # the held-out experiment's steps, never calibrated on
+    assert _run(export.main, [str(tmp_path / "cal" / "artifact.json"), "--out", str(tmp_path / "full")]) == 0
+    out = capsys.readouterr().out
+    assert "c check: pass" in out and "go check: pass" in out and "QueueingTime 9000 µs" in out
+    exported = json.loads((tmp_path / "full" / "artifact.json").read_text())
+    assert exported["expression"]["srepr"] == saved["expression"]["srepr"]      # calibrated constants kept as they are
+    assert exported["rounding"]["applied"] is False
+    assert _run(audit.main, [str(tmp_path / "full"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["invariants"]["INV-M-7"]["pass"] is True
+    capsys.readouterr()
+    assert _run(export.main, [str(tmp_path / "cal" / "artifact.json"), "--out", str(tmp_path / "full")]) == 2
+    assert "already holds an export" in capsys.readouterr().err
