@@ -7,7 +7,8 @@ For each held-out group (a model, or a workload) of the experiments:
 2. **calibrate** (:mod:`discovery.calibrate`) every candidate — the search's
    ``best`` formula and the space's physics priors (:data:`PRIORS`) — on the
    other groups' measured request latencies (and their step traces), and keep
-   the candidate with the lowest calibrated loss (selection sees the replay);
+   the candidate with the fewest constants among those within 5 % of the
+   lowest calibrated loss (:func:`parsimonious`; selection sees the replay);
 3. **replay** the held-out group's experiments in full with the calibrated
    formula and overheads (async scheduling on) and compare E2E, TTFT and ITL
    with their measurements.
@@ -36,7 +37,7 @@ import numpy as np
 from features.cli import run
 from features.errors import StepMLError
 
-__all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "default_experiments", "group_of", "folds", "generalize", "main"]
+__all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "LOSS_TOLERANCE", "parsimonious", "default_experiments", "group_of", "folds", "generalize", "main"]
 
 #: Physics prior formulas. Their constants are where calibration starts and what it is pulled towards
 #: (``CalibrationSettings.prior_weight``) in directions the training models cannot identify: memory at
@@ -205,6 +206,28 @@ def _write_artifact(result: Any, out: Path | None, group: str, kind: str, train:
     return str(write_artifact(doc, Path(out) / name, steps, [e.name for e in train]))
 
 
+#: Candidates within this factor of the lowest calibrated loss count as equally good (see :func:`parsimonious`).
+LOSS_TOLERANCE = 1.05
+
+
+def parsimonious(results: Sequence[Any], tolerance: float = LOSS_TOLERANCE) -> Any:
+    """The calibrated candidate with the fewest constants among those within ``tolerance`` × the lowest loss.
+
+    Extra constants that lower the training loss by a few percent are directions
+    the training models barely tell apart (e.g. separate weight and KV
+    bandwidth efficiencies when every training model has grouped-query attention
+    and little KV traffic); on a held-out model where that direction matters
+    (Llama-2-7B's KV is 4–8× larger per token) they extrapolate worst. Ties in
+    the count go to the lower loss.
+    """
+    import sympy
+
+    best = min(r.loss for r in results)
+    close = [r for r in results if r.loss <= tolerance * best]
+    return min(close, key=lambda r: (sum(1 for a in sympy.preorder_traversal(r.expr) if isinstance(a, sympy.Float)),
+                                     r.loss))
+
+
 def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None, space: str, budget: float,
              settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None],
              priors: Sequence[str] = PRIORS, out: Path | None = None) -> FoldResult:
@@ -220,7 +243,7 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
         echo(f"  [{group}] candidate loss {results[text].loss:6.2f} %  {results[text].expr}")
     if not results:
         raise StepMLError("no candidate formula: give --priors >= 1 or a search --budget with step traces")
-    chosen = min(results.values(), key=lambda r: r.loss)
+    chosen = parsimonious(list(results.values()))
     plain = replace(settings, roofline_floor=False)                 # a blackbox knows no roofline
     baseline = _calibrated(BLACKBOX, train, steps, plain, mapper)
     echo(f"  [{group}] blackbox loss {baseline.loss:6.2f} %  {baseline.expr}")

@@ -216,3 +216,13 @@ def test_a_calibrated_artifact_exports_in_full_and_passes_the_audit(tmp_path, ca
     capsys.readouterr()
     assert _run(export.main, [str(tmp_path / "cal" / "artifact.json"), "--out", str(tmp_path / "full")]) == 2
     assert "already holds an export" in capsys.readouterr().err
+
+
+def test_parsimony_prefers_fewer_constants_only_within_the_tolerance():
+    from types import SimpleNamespace
+
+    x, y = sympy.symbols("batch_size num_layers")
+    small = SimpleNamespace(expr=sympy.Float(2.0) * x + sympy.Float(5.0), loss=10.4)
+    big = SimpleNamespace(expr=sympy.Float(2.0) * x + sympy.Float(3.0) * y + sympy.Float(5.0), loss=10.0)
+    assert gen.parsimonious([big, small]) is small                     # 4 % worse, one constant fewer
+    assert gen.parsimonious([big, SimpleNamespace(expr=small.expr, loss=10.6)]).expr == big.expr  # 6 % worse
