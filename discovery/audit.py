@@ -422,13 +422,37 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
                      f"{_fmt(r.get('val_mape_full'), '.4f')} % to {_fmt(r.get('val_mape_rounded'), '.4f')} %: "
                      + ("applied." if r.get("applied") else "not applied (moved ≥ 0.1 point)."))
     else:
-        lines.append("Constants were not rounded.")
+        lines.append("Constants were not rounded." + (f" ({r['note']})" if r.get("note") else ""))
+    lines += _calibration_md(doc)
     checks = doc.get("checks") or {}
     lines += ["", "## Compiled exports", ""] + [f"- {k}: {v.get('status')} {v.get('detail') or ''}" for k, v in checks.items()]
     go = doc.get("go") or {}
     if not go.get("exported", False):
         lines.append(f"- go: not exported ({go.get('reason')})")
     return "\n".join(lines) + "\n"
+
+
+def _calibration_md(doc: dict[str, Any]) -> list[str]:
+    """The request-level overheads and, for a calibrated formula, its errors on the experiments it was fitted to."""
+    over = doc.get("overheads") if isinstance(doc.get("overheads"), dict) else None
+    cal = doc.get("calibration") if isinstance(doc.get("calibration"), dict) else None
+    if over is None and cal is None:
+        return []
+    lines = ["", "## Request-level overheads and calibration", ""]
+    if over is not None:
+        lines.append(f"Queueing (send → scheduler) {_fmt(over.get('queueing_us'), '.0f')} µs, per output token "
+                     f"{_fmt(over.get('output_token_us'), '.0f')} µs, after the last token "
+                     f"{_fmt(over.get('post_decode_us'), '.0f')} µs ({over.get('source', 'no source given')}).")
+    errors = (cal or {}).get("errors")
+    if isinstance(errors, dict) and errors:
+        lines += ["", "Replayed errors (signed %) on the calibration experiments:", "",
+                  "| experiment | window | E2E | TTFT | ITL |", "|---|---|---:|---:|---:|"]
+        for exp, windows in errors.items():
+            for window, e in (windows or {}).items():
+                if isinstance(e, dict):
+                    lines.append(f"| {exp} | {window} | {_fmt(e.get('e2e_err'), '+.1f')} | "
+                                 f"{_fmt(e.get('ttft_err'), '+.1f')} | {_fmt(e.get('itl_err'), '+.1f')} |")
+    return lines
 
 
 def audit(export_dir: Path, echo=print) -> tuple[dict[str, Any], bool]:

@@ -213,6 +213,8 @@ def test_a_calibrated_artifact_exports_in_full_and_passes_the_audit(tmp_path, ca
     assert _run(audit.main, [str(tmp_path / "full"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["invariants"]["INV-M-7"]["pass"] is True
+    md = (tmp_path / "full" / "AUDIT.md").read_text()
+    assert "Queueing (send → scheduler) 9000 µs" in md and "not refitted or rounded" in md
     capsys.readouterr()
     assert _run(export.main, [str(tmp_path / "cal" / "artifact.json"), "--out", str(tmp_path / "full")]) == 2
     assert "already holds an export" in capsys.readouterr().err
