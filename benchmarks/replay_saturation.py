@@ -18,10 +18,15 @@ For each of the BLIS ``reasoning`` runs (4 req/s for 1,200 s of 1,082-token prom
   scale that matches the measured decode pace, and the failures, E2E and TTFT the model
   gives with it.
 
+With ``--artifacts DIR`` (the folder ``evaluation.generalize --by model --out DIR`` wrote),
+each run is replayed instead with the calibrated formula of the fold that held its model
+out (``DIR/<model id>-stepml``: a formula that never saw that model), with the artifact's
+own overheads and scheduling mode.
+
 Goals (issue 15): failures within 10 points, E2E and TTFT of the successes within 20 %.
 Prints numbers; no assertions. About 3–5 minutes per experiment on an idle machine.
 
-Run: ``python benchmarks/replay_saturation.py [--seed N] [--json PATH]``.
+Run: ``python benchmarks/replay_saturation.py [--seed N] [--artifacts DIR] [--json PATH]``.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from _common import data_root_or_exit
 
@@ -54,6 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--artifacts", default=None, metavar="DIR",
+                        help="replay each run with DIR/<model id>-stepml (evaluation.generalize --by model --out DIR)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     root = data_root_or_exit()
@@ -66,9 +74,21 @@ def main() -> None:
     out = {}
     for exp, train in REASONING.items():
         t0 = time.perf_counter()
-        pred = load_predictor("baseline:blackbox", None, [train])
-        cal = calibrate_overheads(exp_root / train, pred, seed=args.seed)
-        res = replay_experiment(exp_root / exp, pred, args.seed, **cal)
+        if args.artifacts:
+            from discovery.formula import load_artifact
+            from evaluation.generalize import group_of
+
+            group = group_of(exp_root / exp, "model")
+            name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in f"{group}-stepml").strip("-.")
+            _, pred = load_artifact(Path(args.artifacts) / name)
+            train = f"{name} (held out)"
+            cal = dict(pred.overheads or {})
+            res = replay_experiment(exp_root / exp, pred, args.seed, **cal,
+                                    async_scheduling=bool(pred.async_scheduling))
+        else:
+            pred = load_predictor("baseline:blackbox", None, [train])
+            cal = calibrate_overheads(exp_root / train, pred, seed=args.seed)
+            res = replay_experiment(exp_root / exp, pred, args.seed, **cal)
         meas = res.measured["summary"]
         stage = experiment_profile(exp_root / exp).stages[0]
         seqs = scheduler_config(exp_root / exp, None).max_num_seqs
