@@ -191,7 +191,8 @@ def load_data(config: SearchConfig, space: "SearchSpace",
     data = config.data if config.data is not None else space.default_data
     if data is None:
         echo("data: bundled SYNTHETIC demo data (give --data PATH for real traces)")
-    target = config.target or (space.default_target if dataset_kind_is_steps(data) else None)
+    steps = config.colmap is None and dataset_kind_is_steps(data)  # a column map gives the table's own target
+    target = config.target or (space.default_target if steps else None)
     dataset = load_dataset(data, target, max_gap=config.max_gap, colmap=config.colmap,
                            skip_bad_lines=config.skip_bad_lines,
                            experiments=list(config.experiments) if config.experiments else None)
