@@ -3,8 +3,9 @@
 Writes ``AUDIT.md`` and PNG plots into the export folder:
 
 - the formula in LaTeX and each term's meaning, unit and definition;
-- invariants: INV-M-1 positive for every non-empty batch and 0 for the empty
-  batch; INV-M-2 deterministic; INV-M-3 no side effects; INV-M-4 prediction
+- invariants: INV-M-1 >= 1 µs for every batch, the empty batch included
+  (BLIS's ``StepTime`` contract; checked on the formula before the predictor's
+  floor); INV-M-2 deterministic; INV-M-3 no side effects; INV-M-4 prediction
   time < 1 ms at batch 128; INV-M-5 monotone in prefill, decode and KV tokens
   (fraction of violating probe pairs on an extrapolation grid over the
   server's limits); INV-M-6 |MSPE| < 5 % on validation; INV-M-7 never below
@@ -111,6 +112,7 @@ def _template(dataset) -> dict[str, float]:
 
 def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split) -> dict[str, dict[str, Any]]:
     """Check INV-M-1 … INV-M-7; each entry ``{"pass": bool, "value": ..., "detail": str}``."""
+    from discovery.formula import STEP_FLOOR_US
     from evaluation.metrics import mspe
     from evaluation.probes import AXES, extrapolation_grid, perturb
 
@@ -123,17 +125,13 @@ def invariants(export_dir: Path, doc: dict[str, Any], predictor, dataset, split)
     empty.update({"batch.prefill_tokens": 0.0, "batch.decode_tokens": 0.0, "batch.scheduled_tokens": 0.0,
                   "batch.num_prefill_reqs": 0.0, "batch.num_decode_reqs": 0.0, "kv.tokens_in_use": 0.0,
                   "batch.decode_context_sum": 0.0, "batch.prefill_context_sum": 0.0})
-    empty_pred = float(predictor.predict({k: np.array([v]) for k, v in empty.items()})[0])
-    data_nonempty = (dataset.frame["batch.scheduled_tokens"].to_numpy() > 0
-                     if "batch.scheduled_tokens" in dataset.frame.columns else np.ones(len(data_pred), bool))
-    positive = bool(np.all(np.isfinite(grid_pred[nonempty])) and np.all(grid_pred[nonempty] > 0)
-                    and np.all(np.isfinite(data_pred[data_nonempty])) and np.all(data_pred[data_nonempty] > 0))
+    empty_raw = float(predictor.raw({k: np.array([v]) for k, v in empty.items()})[0])
+    raw = np.concatenate([predictor.raw(grid), predictor.raw(dataset.frame), [empty_raw]])
     out: dict[str, dict[str, Any]] = {}
-    out["INV-M-1"] = {"pass": positive and empty_pred == 0.0,
-                      "value": {"min_nonempty_us": float(min(np.min(grid_pred[nonempty]),
-                                                             np.min(data_pred[data_nonempty]))),
-                                "empty_batch_us": empty_pred},
-                      "detail": "positive on every non-empty grid batch and data row; 0 for the empty batch"}
+    out["INV-M-1"] = {"pass": bool(np.all(np.isfinite(raw)) and np.all(raw >= STEP_FLOOR_US)),
+                      "value": {"min_us": float(np.min(raw)), "empty_batch_us": empty_raw},
+                      "detail": f"the formula is >= {STEP_FLOOR_US:g} µs on every grid batch, every data row and "
+                                "the empty batch (BLIS's StepTime contract), before any floor"}
     again = predictor.predict(grid)
     genuine = formula_py_is_generated(export_dir, doc, predictor)
     py_a = _run_formula_py(export_dir) if genuine else None

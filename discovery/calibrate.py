@@ -6,7 +6,12 @@ latencies it implies. This command fits, together,
 * every numeric constant of the formula (its efficiency multipliers and
   overheads, each kept on the sign it had — a multiplier stays a multiplier),
 * the client → scheduler delay (``queueing``: HTTP and tokenisation before the
-  engine sees a request) and the tail after the last token (``post_decode``),
+  engine sees a request),
+
+with the tail after the last token (``post_decode``) taken from the
+measurements themselves (E2E − TTFT − TPOT·(2n + 1) of each report,
+:func:`evaluation.latency_metrics.end_tail_s`; 1.6–2.5 ms on the BLIS runs), not
+fitted: fitted, it soaks up step-time error,
 
 so that replaying the experiments (:mod:`evaluation.replay`, vLLM's async
 scheduling on) reproduces their measured mean E2E, TTFT and ITL per stage, and,
@@ -308,11 +313,28 @@ def residual_vector(formula: ParamFormula, anchors: Sequence[Anchor], rows: Sequ
 
 
 def _bounds(x0: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Constants keep their sign; the queue overhead is in [0, bound]; the measured end tail stays put."""
     lo = np.where(x0[:k] > 0, 0.0, -np.inf)
     hi = np.where(x0[:k] < 0, 0.0, np.inf)
-    lo = np.concatenate([lo, np.zeros(len(OVERHEADS))])
-    hi = np.concatenate([hi, [b for _, b in OVERHEADS.values()]])
-    return lo, hi
+    end = float(x0[k + list(OVERHEADS).index("end_overhead_s")])
+    over_lo = [0.0 if name != "end_overhead_s" else end for name in OVERHEADS]
+    over_hi = [b if name != "end_overhead_s" else end * (1 + 1e-9) + 1e-12 for name, (_, b) in OVERHEADS.items()]
+    return np.concatenate([lo, over_lo]), np.concatenate([hi, over_hi])
+
+
+def measured_end_tail(experiments: Sequence[Path]) -> float:
+    """Mean time from the last streamed line to the request's end over the experiments' stage reports (s)."""
+    from evaluation.latency_metrics import end_tail_s, read_lifecycle_report
+    from evaluation.workloads import experiment_profile
+
+    tails = []
+    for exp in experiments:
+        output = experiment_profile(exp).data.output_len
+        for path in sorted(Path(exp, "results").glob("stage_*_lifecycle_metrics.json")):
+            tail = end_tail_s(read_lifecycle_report(path), output)
+            if np.isfinite(tail) and tail >= 0:
+                tails.append(tail)
+    return float(np.mean(tails)) if tails else OVERHEADS["end_overhead_s"][0]
 
 
 def inner_fit(formula: ParamFormula, anchors: Sequence[Anchor], rows: Sequence[StepRows],
@@ -383,7 +405,8 @@ def calibrate(expr: sympy.Expr, experiments: Sequence[str | Path], steps: str | 
     exps = [Path(e) for e in experiments]
     rows = step_rows(steps, [e.name for e in exps]) if steps else []
     k = len(formula.params)
-    x = np.concatenate([formula.x0, [v for v, _ in OVERHEADS.values()]])
+    start = {**{name: v for name, (v, _) in OVERHEADS.items()}, "end_overhead_s": measured_end_tail(exps)}
+    x = np.concatenate([formula.x0, [start[name] for name in OVERHEADS]])
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     alpha, target = STEP_FRACTION, None
@@ -518,19 +541,9 @@ def _settings(args: argparse.Namespace) -> CalibrationSettings:
 
 
 def _mapper(args: argparse.Namespace) -> Any:
-    from contextlib import nullcontext
+    from discovery.engines.parallel import mapper_for
 
-    from discovery.engines import parallel
-
-    for flag in ("workers", "processes"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise StepMLError(f"--{flag} must be >= 1")
-    if args.workers is not None or args.scheduler is not None:
-        return parallel.dask_map(workers=args.workers, scheduler=args.scheduler)
-    if args.processes is not None:
-        return parallel.process_map(args.processes)
-    return nullcontext(None)
+    return mapper_for(args.workers, args.scheduler, args.processes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

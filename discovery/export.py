@@ -9,10 +9,18 @@ is the rescored loss) and writes into ``exported/<name>/``:
 ``formula.py``      dependency-free predictor (``math``), numpy variant, scikit-learn-style regressor
 ``formula.tex``     the formula and each feature's definition with units
 ``artifact.json``   versioned: expression, features, constants, target, data hash, split, metrics
-``formula.c``       C99 (sympy's C printer)
-``stepml.go``       Go for BLIS's latency interface (simulator-available features only)
+``formula.c``       C99 (sympy's C printer, the table's protected division)
+``stepml.go``       BLIS's ``stepml`` latency model (``sim.LatencyModel``; simulator-available features,
+                    architecture/hardware columns computed from ``sim.ModelHardwareConfig``)
 ``test_vectors.csv`` inputs and expected outputs; the C file is compiled and checked against them
-                    (and the Go file where a Go toolchain exists).
+                    (and the Go file, against a stub of BLIS's ``sim`` package, where a Go toolchain exists).
+
+``--blis DIR`` also writes the overlay folder BLIS is built with
+(``../shared/blis/build.sh OUT DIR``; :mod:`discovery.printers.blis`): the
+model, its Go tests, and patched copies of the factory, the backend names and
+the configuration resolution. ``python -m discovery.export ARTIFACT.json --blis DIR``
+writes the overlay of an existing artifact (its request-level ``overheads``
+included). A formula BLIS cannot evaluate is refused with one line (exit 2).
 """
 from __future__ import annotations
 
@@ -156,12 +164,18 @@ def check_export_name(name: str) -> str:
 
 
 def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path | None = None,
-           round_sig: int | None = 4, require_go: bool = False, echo=print) -> Path:
-    """Export one front member of a run; return the output folder."""
-    from discovery.formula import baked_definitions, refit_constants, round_constants, run_data, simplify
-    from features.splits import save_splits
+           round_sig: int | None = 4, require_go: bool = False, echo=print, blis: Path | None = None) -> Path:
+    """Export one front member of a run; return the output folder.
+
+    With ``blis``, also write the BLIS overlay folder there
+    (:func:`discovery.blis_export.write_blis`); a formula BLIS cannot evaluate
+    is then refused before anything is written.
+    """
+    from discovery.blis_export import data_models, go_refusal
+    from discovery.formula import baked_definitions, run_data
     from discovery.pareto import pick_row
     from discovery.rundir import expr_of, read_run_json
+    from features.splits import save_splits
     from search_spaces.objective import complexity
 
     from features.io import check_writable_dir
@@ -177,27 +191,18 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     check_writable_dir(out_dir, "--out" if out else "export folder")
     if (out_dir / "artifact.json").exists():
         raise StepMLError(f"{out_dir} already holds an export; choose another --name or --out")
-    original = expr_of(row)
     dataset, split = run_data(info, run_dir)
-
-    expr = fold_constant_features(simplify(original), dataset)
+    expr, full_metrics, rounding = _final_formula(expr_of(row), dataset, split, round_sig)
     used = sorted(str(s) for s in expr.free_symbols)
-    X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
-    expr = refit_constants(expr, X_train, dataset.y[split.train])
-    full_metrics, _ = _metrics(expr, dataset, split)
-    rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
-    if round_sig:
-        rounded = round_constants(expr, round_sig)
-        rounded_metrics, _ = _metrics(rounded, dataset, split)
-        rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
-        if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
-            expr, full_metrics = rounded, rounded_metrics
-            rounding["applied"] = True
     check_positive(expr, used, dataset)
     defs, baked = baked_definitions(used, dataset)
-    go_reason = _go_refusal(defs)
-    if go_reason and require_go:
+    go_reason = go_refusal(defs, data_models(dataset))
+    if go_reason and (require_go or blis):
         raise StepMLError(go_reason)
+    if blis:
+        from discovery.printers.blis import blis_home, patched_files
+
+        patched_files(blis_home() / "src")                   # a snapshot that cannot be patched fails first
     doc = {
         "schema": "stepml-artifact/1", "name": name,
         "expression": {"srepr": sympy.srepr(expr), "infix": sympy.sstr(expr), "latex": formula_latex(expr),
@@ -222,7 +227,14 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     doc["split_file"] = save_splits([split], out_dir).name  # the audit scores on exactly this split
     atomic_write_text(out_dir / "formula.py", python_source(expr, used, name, doc))
     atomic_write_text(out_dir / "formula.tex", tex_source(expr, defs, doc))
-    checks = _write_compiled(out_dir, expr, used, defs, dataset, split, go_reason)
+    sources = None
+    if go_reason is None:
+        from discovery.blis_export import constants_comment, go_sources
+        from discovery.formula import artifact_overheads
+
+        sources = go_sources(expr, defs, data_models(dataset), constants_comment(dataset.label, baked),
+                             artifact_overheads(doc))
+    checks = _write_compiled(out_dir, expr, used, dataset, split, sources)
     doc["checks"] = checks
     atomic_write_json(out_dir / "artifact.json", doc)
     echo(f"exported {sympy.sstr(expr)}")
@@ -231,9 +243,14 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
          f"{'yes' if rounding['applied'] else 'no'}")
     for lang, res in checks.items():
         echo(f"  {lang} check: {res['status']}" + (f" ({res['detail']})" if res.get("detail") else ""))
-    if go_reason:
-        echo(f"  stepml.go not written: {go_reason}")
+    _report_go(doc, go_reason, echo)
     echo(f"wrote {out_dir}/")
+    if blis and sources is not None:
+        from discovery.blis_export import write_blis
+
+        overlay = write_blis(Path(blis), sources, name)
+        echo(f"wrote BLIS overlay {overlay}/ (build: ../shared/blis/build.sh OUT {overlay}; "
+             "run: blis run --latency-model stepml)")
     return out_dir
 
 
@@ -262,6 +279,26 @@ def check_positive(expr: sympy.Expr, used: Sequence[str], dataset) -> None:
                           "member with --pick)")
 
 
+def _final_formula(original: sympy.Expr, dataset, split, round_sig: int | None):
+    """Simplified, constant features folded, refitted on the training part, rounded when harmless."""
+    from discovery.formula import refit_constants, round_constants, simplify
+
+    expr = fold_constant_features(simplify(original), dataset)
+    used = sorted(str(s) for s in expr.free_symbols)
+    X_train = {k: v[split.train] for k, v in dataset.features(used).items()}
+    expr = refit_constants(expr, X_train, dataset.y[split.train])
+    full_metrics, _ = _metrics(expr, dataset, split)
+    rounding = {"significant_figures": round_sig, "applied": False, "val_mape_full": full_metrics["val_mape"]}
+    if round_sig:
+        rounded = round_constants(expr, round_sig)
+        rounded_metrics, _ = _metrics(rounded, dataset, split)
+        rounding["val_mape_rounded"] = rounded_metrics["val_mape"]
+        if abs(rounded_metrics["val_mape"] - full_metrics["val_mape"]) < ROUND_TOLERANCE:
+            expr, full_metrics = rounded, rounded_metrics
+            rounding["applied"] = True
+    return expr, full_metrics, rounding
+
+
 def fold_constant_features(expr: sympy.Expr, dataset) -> sympy.Expr:
     """Replace features constant over the data's non-empty batches (a dense model's weight-load time) by their value.
 
@@ -282,21 +319,6 @@ def fold_constant_features(expr: sympy.Expr, dataset) -> sympy.Expr:
     return simplify(expr.xreplace(constant)) if constant else expr
 
 
-def _go_refusal(defs: dict[str, sympy.Expr]) -> str | None:
-    from features.aggregates import AGGREGATE_RULES
-
-    for name, d in defs.items():
-        feature = catalog.get_feature(name)
-        if feature.availability != "simulator":
-            return (f"feature '{name}' is {feature.availability}-only; only simulator-available features can be "
-                    "exported to Go")
-        extra = sorted(s.name for s in d.free_symbols if s.name not in AGGREGATE_RULES)
-        if extra:
-            return (f"feature '{name}' needs column(s) {', '.join(extra)} that vary across the data and are not "
-                    "per-request batch aggregates; export from a single-model run to bake them in")
-    return None
-
-
 def _test_vectors(expr, used, dataset, split, n: int = 64) -> tuple[pd.DataFrame, np.ndarray]:
     from search_spaces.numeric import lambdify_formula
 
@@ -309,7 +331,7 @@ def _test_vectors(expr, used, dataset, split, n: int = 64) -> tuple[pd.DataFrame
     return table, expected
 
 
-def _write_compiled(out_dir: Path, expr, used, defs, dataset, split, go_reason) -> dict[str, dict[str, Any]]:
+def _write_compiled(out_dir: Path, expr, used, dataset, split, sources) -> dict[str, dict[str, Any]]:
     from discovery.printers.c import c_source
     from discovery.printers.checks import c_parity
 
@@ -317,18 +339,21 @@ def _write_compiled(out_dir: Path, expr, used, defs, dataset, split, go_reason) 
     atomic_write_frame(out_dir / "test_vectors.csv", table)
     atomic_write_text(out_dir / "formula.c", c_source(expr, used))
     checks = {"c": _status(c_parity(out_dir / "formula.c", used, table[used].to_numpy(float), expected))}
-    if go_reason is None:
-        from discovery.printers.checks import go_parity
-        from discovery.printers.go import go_source
+    if sources is not None:
+        from discovery.blis_export import write_go
 
-        atomic_write_text(out_dir / "stepml.go", go_source(expr, defs, constants_comment=_constants_comment(dataset)))
-        batches, go_expected = go_batches(expr, defs)
-        checks["go"] = _status(go_parity(out_dir / "stepml.go", batches, go_expected))
+        checks["go"] = _status(write_go(out_dir, sources, atomic_write_text))
     return checks
 
 
-def _constants_comment(dataset) -> str:
-    return f"fitted on {dataset.label}"
+def _report_go(doc: dict[str, Any], go_reason: str | None, echo) -> None:
+    if go_reason:
+        echo(f"  stepml.go not written: {go_reason}")
+        return
+    from discovery.blis_export import report_overheads
+    from discovery.formula import artifact_overheads
+
+    report_overheads(artifact_overheads(doc), echo)
 
 
 def _status(result) -> dict[str, Any]:
@@ -338,41 +363,14 @@ def _status(result) -> dict[str, Any]:
             "max_rel_err": result.max_rel_err}
 
 
-def go_batches(expr: sympy.Expr, defs: dict[str, sympy.Expr], n: int = 24) -> tuple[list, list[float]]:
-    """Random request batches (plus the empty batch) and the Python reference step times."""
-    from discovery.formula import evaluate_on_columns
-    from features.aggregates import batch_aggregates
-    from search_spaces.numeric import lambdify_formula
-
-    rng = np.random.default_rng(1)
-    batches = [(np.zeros(0), np.zeros(0), np.zeros(0))]
-    for _ in range(n):
-        size = int(rng.integers(1, 64))
-        prompt = rng.integers(16, 2048, size).astype(float)
-        prefill = rng.random(size) < 0.2
-        ctx = np.where(prefill, rng.integers(0, 8, size) * 16.0, prompt + rng.integers(0, 300, size))
-        ctx = np.minimum(ctx, np.where(prefill, prompt - 1, ctx))
-        new = np.where(prefill, np.minimum(prompt - ctx, rng.integers(1, 512, size)), 1.0)
-        batches.append((ctx, new, prompt))
-    expected = []
-    for ctx, new, prompt in batches:
-        if len(ctx) == 0:
-            expected.append(0.0)
-            continue
-        cols = {k: np.array([v]) for k, v in batch_aggregates(ctx, new, prompt).items()}
-        feats = {name: evaluate_on_columns(d, cols, 1) for name, d in defs.items()}
-        names = sorted(defs)
-        value = lambdify_formula(expr, names)(feats) if names else np.array([float(expr)])
-        expected.append(float(np.asarray(value).reshape(-1)[0]))
-    return batches, expected
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     from discovery.rundir import latest_run
 
     parser = argparse.ArgumentParser(prog="python -m discovery.export", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", default=None, help="run directory (default: the latest under results/)")
+    parser.add_argument("run_dir", nargs="?", default=None,
+                        help="run directory (default: the latest under results/), or an artifact.json (or an export "
+                             "folder) to write only its BLIS overlay (--blis)")
     parser.add_argument("--pick", default="best", help="best (default), accuracy, knee, score, or a front row number")
     parser.add_argument("--name", default=None, help="name of the export (default: <run-id>-<pick>)")
     parser.add_argument("--out", default=None, help="output folder (default: exported/<name>/)")
@@ -380,14 +378,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="round constants to N significant figures when validation MAPE moves < 0.1 point "
                              "(default 4; 0 = never)")
     parser.add_argument("--require-go", action="store_true", help="fail when the formula cannot be exported to Go")
+    parser.add_argument("--blis", default=None, metavar="DIR",
+                        help="also write a BLIS overlay folder (sim/latency/stepml.go, its Go tests, the patched "
+                             "factory, backend name and config resolution) for ../shared/blis/build.sh; a formula "
+                             "BLIS cannot evaluate is refused (exit 2)")
     args = parser.parse_args(argv)
+    blis = Path(args.blis) if args.blis else None
+    if blis is not None:
+        from discovery.printers.blis import check_overlay_target
+
+        check_overlay_target(blis)
     run_dir = Path(args.run_dir) if args.run_dir else latest_run()
+    artifact = run_dir if run_dir.is_file() else run_dir / "artifact.json"
+    if artifact.is_file() and not (run_dir / "hall_of_fame.csv").is_file():
+        if blis is None:
+            raise StepMLError(f"{run_dir} is an export already; give --blis DIR to write its BLIS overlay")
+        from discovery.blis_export import export_artifact_to_blis
+
+        export_artifact_to_blis(artifact, blis)
+        return 0
     if not run_dir.is_dir():
         raise StepMLError(f"run directory not found: {run_dir}")
     if args.round_sig < 0:
         raise StepMLError("--round must be >= 0")
     export(run_dir, args.pick, args.name, Path(args.out) if args.out else None, args.round_sig or None,
-           args.require_go)
+           args.require_go, blis=blis)
     return 0
 
 

@@ -186,11 +186,19 @@ def evaluate_on_columns(expr: sympy.Expr, columns: Mapping[str, object], n: int 
     return lambdify_formula(safe, cols)(data)
 
 
+#: Every step takes at least this long (BLIS's ``LatencyModel.StepTime`` must return >= 1 µs for
+#: every batch, the empty batch included); the Go export and :class:`ArtifactPredictor` apply it.
+STEP_FLOOR_US = 1.0
+
+
 @dataclass(frozen=True)
 class ArtifactPredictor:
     """A predictor read from an exported ``artifact.json`` (features from canonical columns).
 
-    An empty batch (no scheduled tokens) is predicted to take 0 µs, as in the Go export.
+    :meth:`predict` is the formula floored at :data:`STEP_FLOOR_US` (NaN gives
+    the floor), exactly as the Go export's ``StepTime``: the empty batch (all
+    aggregates 0) is the formula's value there, at least 1 µs. :meth:`raw` is
+    the formula without the floor (the audit's INV-M-1 checks it is >= 1 µs).
     """
 
     expr: sympy.Expr
@@ -208,8 +216,8 @@ class ArtifactPredictor:
                                         if s.name in constants})
         return scalar_function(canonical)
 
-    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        """Evaluate the exported formula on canonical columns (one step or many)."""
+    def raw(self, columns: Mapping[str, object]) -> np.ndarray:
+        """The exported formula on canonical columns (one step or many), not floored."""
         from evaluation.predictors import n_rows
         from search_spaces.numeric import lambdify_formula
 
@@ -219,10 +227,37 @@ class ArtifactPredictor:
                      for name, d in self.definitions.items()}
             names = sorted(self.definitions)
             out = lambdify_formula(self.expr, names)(feats) if names else np.full(n, float(self.expr))
-        out = np.broadcast_to(np.asarray(out, float), (n,)).astype(float)
-        if "batch.scheduled_tokens" in columns:  # the empty batch takes no time (as the Go export)
-            out = np.where(np.asarray(columns["batch.scheduled_tokens"], float).reshape(-1) == 0, 0.0, out)
-        return out
+        return np.broadcast_to(np.asarray(out, float), (n,)).astype(float)
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        """The step time in µs: :meth:`raw` floored at :data:`STEP_FLOOR_US`."""
+        out = self.raw(columns)
+        return np.where(out >= STEP_FLOOR_US, out, STEP_FLOOR_US)
+
+
+def artifact_overheads(doc: Mapping[str, Any], source: Path | str = "artifact"):
+    """The request-level overheads of an artifact (:class:`discovery.printers.go_source.Overheads`).
+
+    ``"overheads": {"queueing_us", "output_token_us", "post_decode_us", "source"}`` is
+    optional, and so is each key (absent → 0, listed in ``Overheads.absent``);
+    a value that is not a finite number >= 0 is a one-line error.
+    """
+    from discovery.printers.go_source import Overheads
+
+    block = doc.get("overheads")
+    if block is None:
+        return Overheads(source="the artifact has no overheads")
+    if not isinstance(block, Mapping):
+        raise StepMLError(f"{source}: 'overheads' must be an object")
+    values: dict[str, float] = {}
+    for key in Overheads.KEYS:
+        if key in block:
+            v = block[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise StepMLError(f"{source}: overheads.{key} must be a finite number >= 0, got {v!r}")
+            values[key] = float(v)
+    src = block.get("source", "")
+    return Overheads(**values, source=str(src) if src else "the artifact's overheads", given=tuple(values))
 
 
 def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
@@ -249,16 +284,10 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
 def artifact_replay_settings(doc: Mapping[str, Any], source: Path | str = "artifact") -> tuple[dict[str, float] | None,
                                                                                               bool | None]:
     """The request overheads (s) and the scheduling mode a calibrated artifact carries (None when absent)."""
-    over = doc.get("overheads")
     overheads = None
-    if over is not None:
-        try:
-            overheads = {"queue_overhead_s": float(over.get("queueing_us", 0.0)) / 1e6,
-                         "end_overhead_s": float(over.get("post_decode_us", 0.0)) / 1e6}
-        except (AttributeError, TypeError, ValueError):
-            raise StepMLError(f"{source}: 'overheads' must map queueing_us/post_decode_us to numbers") from None
-        if not all(np.isfinite(v) and v >= 0 for v in overheads.values()):
-            raise StepMLError(f"{source}: overheads must be finite and >= 0")
+    if doc.get("overheads") is not None:
+        block = artifact_overheads(doc, source)
+        overheads = {"queue_overhead_s": block.queueing_us / 1e6, "end_overhead_s": block.post_decode_us / 1e6}
     scheduler = doc.get("scheduler")
     mode = scheduler.get("async_scheduling") if isinstance(scheduler, dict) else None
     return overheads, (bool(mode) if isinstance(mode, bool) else None)

@@ -21,7 +21,9 @@ The rules
     never takes a formula much worse than a front member of about its size:
     a cx-12 row at 21 % loses to a cx-14 row at 12 %. Rows that are not
     ``eligible`` (a formula blind to prefill on data with prefill steps) are
-    left out unless nothing else is left.
+    left out unless nothing else is left; the window is measured from the
+    front's lowest error, and when it holds no allowed row the most accurate
+    allowed row is taken.
 ``score``
     The highest PySR score.
 ``knee``
@@ -98,7 +100,10 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float],
     score; ``knee``: farthest from the chord between the simplest and the most
     accurate member in (complexity, log loss), both normalised to [0, 1].
     ``eligible`` (default all) removes rows from ``best`` (a formula without
-    prefill dependence on data with prefill steps), unless it would leave none.
+    prefill dependence on data with prefill steps), unless it would leave none;
+    the window is still measured from the front's lowest loss, and when it
+    holds no allowed row the most accurate allowed row is taken. The guard
+    compares a row with the rows ``best`` may take.
     """
     c = np.asarray(complexity, dtype=float)
     l = np.asarray(loss, dtype=float)
@@ -110,7 +115,9 @@ def select(kind: str, complexity: Sequence[float], loss: Sequence[float],
     allowed = np.ones(len(c), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     if kind == "best":
         pool = finite & allowed if (finite & allowed).any() else finite
-        ok = pool & (l <= WINDOW * np.nanmin(l[pool]))
+        ok = pool & (l <= WINDOW * np.nanmin(l[finite]))
+        if not ok.any():  # every row near the lowest error is excluded: the most accurate allowed row
+            return int(np.argmin(np.where(pool, l, np.inf)))
         r = None if replay_loss is None else np.asarray(replay_loss, dtype=float)
         if r is not None and np.isfinite(r[ok]).any():
             return int(np.argmin(np.where(ok & np.isfinite(r), r, np.inf)))

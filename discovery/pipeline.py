@@ -238,16 +238,10 @@ def _check_resume(run_dir: Path, info: Mapping[str, Any]) -> None:
 @contextmanager
 def _mapper(config: SearchConfig) -> Iterator["Mapper | None"]:
     """The evaluation mapper (connected before the data loads, so a bad cluster fails early)."""
-    from discovery.engines import parallel
+    from discovery.engines.parallel import mapper_for
 
-    if config.workers is not None or config.scheduler is not None:
-        with parallel.dask_map(workers=config.workers, scheduler=config.scheduler) as mapper:
-            yield mapper
-    elif config.processes is not None:
-        with parallel.process_map(config.processes) as mapper:
-            yield mapper
-    else:
-        yield None
+    with mapper_for(config.workers, config.scheduler, config.processes) as mapper:
+        yield mapper
 
 
 @contextmanager

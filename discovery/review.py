@@ -48,17 +48,17 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     """
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import calibrate_overheads, replay_experiment
-    from evaluation.replay_setup import resolve_experiment as _resolve_experiment
+    from evaluation.replay_setup import resolve_experiment
     from features import catalog
 
-    dirs = [_resolve_experiment(e) for e in experiments]
+    dirs = [resolve_experiment(e) for e in experiments]
     out = front.copy()
     for col in REPLAY_COLUMNS:
         out[col] = np.nan
     options = {"capacity": False, "explain": False, "async_scheduling": True}
     for i, row in front.iterrows():
         predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), name=f"row {i}")
-        overheads = calibrate_overheads(_resolve_experiment(calibrate_on), predictor, seed, **options) \
+        overheads = calibrate_overheads(resolve_experiment(calibrate_on), predictor, seed, **options) \
             if calibrate_on else {}
         errs = {col: [] for col in REPLAY_COLUMNS}
         for d in dirs:
@@ -78,7 +78,9 @@ def save_replay(run_dir: Path, front: pd.DataFrame, experiments: Sequence[str], 
     """Write the front's replay errors to ``replay.json`` (keyed by each row's exact formula), atomically."""
     from features.io import atomic_write_json, json_safe
 
-    rows = {str(r["sympy"]): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
+    import sympy
+
+    rows = {sympy.srepr(expr_of(r)): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
     doc = {"experiments": [str(e) for e in experiments], "calibrate_on": calibrate_on, "seed": seed,
            "scheduling": "async", "rows": rows}
     return atomic_write_json(run_dir / REPLAY_FILE, json_safe(doc))

@@ -307,6 +307,13 @@ def uses_prefill(expr: "sympy.Expr") -> bool:
     return False
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def reviewed_front(run_dir: Path) -> tuple["pd.DataFrame", "np.ndarray"]:
     """A run's front with the replay errors ``review --experiments`` saved, and the rows ``best`` may pick.
 
@@ -322,10 +329,13 @@ def reviewed_front(run_dir: Path) -> tuple["pd.DataFrame", "np.ndarray"]:
     if path.is_file():
         saved = read_json(path, "replay results")
         rows = saved.get("rows") if isinstance(saved, dict) else None
-        if isinstance(rows, dict) and "sympy" in front.columns:
+        if isinstance(rows, dict):
+            import sympy
+
+            keys = [sympy.srepr(expr_of(row)) for _, row in front.iterrows()]
             for col in REPLAY_COLUMNS:
-                front[col] = [float(rows.get(key, {}).get(col, np.nan)) if isinstance(rows.get(key), dict) else np.nan
-                              for key in front["sympy"].astype(str)]
+                front[col] = [_number(rows[key].get(col)) if isinstance(rows.get(key), dict) else np.nan
+                              for key in keys]
     info = read_run_json(run_dir) if (Path(run_dir) / "run.json").is_file() else {}
     eligible = np.ones(len(front), dtype=bool)
     if info.get("data_has_prefill"):

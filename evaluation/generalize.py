@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -40,12 +40,13 @@ __all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "default_experiments", "group_of",
 
 #: Physics prior formulas. Their constants are where calibration starts and what it is pulled towards
 #: (``CalibrationSettings.prior_weight``) in directions the training models cannot identify: memory at
-#: ~90 % of peak bandwidth, ~50 µs of kernel latency per layer, ~12 µs per tensor-parallel all-reduce,
+#: ~90 % of peak bandwidth, ~50 µs of kernel latency per layer, ~6 µs per all-reduce latency round (2 per
+#: layer × log2(tp): NCCL's tree depth for small messages, so ~12 µs per all-reduce at tp = 2),
 #: ~10 µs more per MoE layer (router and token permutation), ~25 µs per request, 0.3 ms per step.
 PRIORS: tuple[str, ...] = (
-    "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 12.0*n_allreduce + 10.0*num_moe_layers"
+    "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 10.0*num_moe_layers"
     " + 25.0*batch_size",
-    "300.0 + 1.1*rl_weight_read + 1.15*rl_kv_read + 0.5*rl_prefill_compute + 50.0*num_layers + 12.0*n_allreduce"
+    "300.0 + 1.1*rl_weight_read + 1.15*rl_kv_read + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds"
     " + 10.0*num_moe_layers + 25.0*batch_size",
 )
 #: The blackbox baseline's shape with starting values.
@@ -69,6 +70,7 @@ class FoldResult:
     baseline_formula: str
     baseline_errors: dict[str, dict[str, Any]]
     seconds: float
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 def default_experiments(root: Path | None = None) -> list[Path]:
@@ -176,7 +178,7 @@ def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed
     expr = parse_formula(srepr, list(catalog.registry()), indexed=False)
     result = replay_experiment(exp_dir, FormulaPredictor(expr, tuple(catalog.registry()), "generalize"), seed,
                                overheads["queue_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
-                               async_scheduling=True)
+                               async_scheduling=True, explain=False)
     window = "summary" if "summary" in result.measured else next(iter(result.measured), "summary")
     signed = result.errors(window)
     pred, meas = result.predicted.get(window), result.measured.get(window)
@@ -186,12 +188,27 @@ def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed
                       "measured": float(getattr(meas, metric).mean) if meas else float("nan")}
     return {"e2e_err": abs(signed["e2e_err"]), "ttft_err": abs(signed["ttft_err"]), "itl_err": abs(signed["itl_err"]),
             "signed": {k: signed[k] for k in ("e2e_err", "ttft_err", "itl_err")}, "means": means,
+            "saturated": bool(result.saturated),
+            "load": result.load.to_dict() if result.load is not None else None,
             "stage_errors": {w: result.errors(w) for w in result.predicted if w in result.measured and w != "summary"}}
+
+
+def _write_artifact(result: Any, out: Path | None, group: str, kind: str, train: Sequence[Path],
+                    steps: Path | None, settings: Any) -> str | None:
+    """The fold's calibrated formula as an artifact under ``out/<group>-<kind>/`` (None without ``out``)."""
+    if out is None:
+        return None
+    from discovery.calibrate import artifact_document
+    from features.io import atomic_write_json
+
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in f"{group}-{kind}").strip("-.")
+    doc = artifact_document(result, name, f"evaluation.generalize, {group} held out", list(train), steps, settings)
+    return str(atomic_write_json(Path(out) / name / "artifact.json", doc))
 
 
 def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None, space: str, budget: float,
              settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None],
-             priors: Sequence[str] = PRIORS) -> FoldResult:
+             priors: Sequence[str] = PRIORS, out: Path | None = None) -> FoldResult:
     """Search, calibrate the candidates, keep the best, replay the held-out experiments (module docstring)."""
     started = time.monotonic()
     texts = list(priors)
@@ -212,10 +229,14 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
     ours, theirs = _held_out(chosen, test, settings.seed, mapper), _held_out(baseline, test, settings.seed, mapper)
     for exp, r in ours.items():
         echo(f"  [{group}] held out {exp}: E2E {r['e2e_err']:.1f} %, TTFT {r['ttft_err']:.1f} %, ITL "
-             f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)")
+             f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)"
+             + ("; SATURATED" if r.get("saturated") else ""))
+    artifacts = {kind: _write_artifact(res, out, group, kind, train, steps, settings)
+                 for kind, res in (("stepml", chosen), ("blackbox", baseline))}
     return FoldResult(group, tuple(e.name for e in train), tuple(e.name for e in test), sympy.sstr(chosen.expr),
                       dict(chosen.overheads), chosen.loss, {sympy.sstr(r.expr): r.loss for r in results.values()},
-                      ours, sympy.sstr(baseline.expr), theirs, round(time.monotonic() - started, 1))
+                      ours, sympy.sstr(baseline.expr), theirs, round(time.monotonic() - started, 1),
+                      {k: v for k, v in artifacts.items() if v})
 
 
 def summary(fold_results: Sequence[FoldResult], key: str = "errors") -> dict[str, Any]:
@@ -241,10 +262,13 @@ def table(fold_results: Sequence[FoldResult]) -> str:
         for exp, r in f.errors.items():
             b = f.baseline_errors[exp]
             m = r["means"]["e2e"]
-            lines.append(f"{exp:<44} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
+            flag = "*" if r.get("saturated") else " "
+            lines.append(f"{exp:<43}{flag} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
                          f"{m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
                          f"{b['itl_err']:>7.1f}")
     ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
+    if any(r.get("saturated") for f in fold_results for r in f.errors.values()):
+        lines.append("* saturated: the offered load exceeds the predicted capacity (evaluation.capacity)")
     if ours:
         lines.append(f"mean |error| — ours: E2E {ours['e2e_mean']:.1f} % (max {ours['e2e_max']:.1f}), TTFT "
                      f"{ours['ttft_mean']:.1f} %, ITL {ours['itl_mean']:.1f} %;  blackbox: E2E {base['e2e_mean']:.1f} %, "
@@ -259,14 +283,15 @@ def table(fold_results: Sequence[FoldResult]) -> str:
 
 def generalize(experiments: Sequence[Path], by: str, steps: Path | None, space: str, budget: float,
                settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None] = print,
-               priors: Sequence[str] = PRIORS) -> list[FoldResult]:
-    """Run every fold (the Python API behind the CLI)."""
+               priors: Sequence[str] = PRIORS, out: Path | None = None) -> list[FoldResult]:
+    """Run every fold (the Python API behind the CLI); ``out`` keeps each fold's calibrated artifacts."""
     _check_experiments(experiments)
-    out = []
+    results = []
     for group, train, test in folds(experiments, by):
         echo(f"fold {group}: train on {len(train)}, hold out {len(test)}")
-        out.append(run_fold(group, train, test, steps, space, budget, settings, mapper, workdir, echo, priors))
-    return out
+        results.append(run_fold(group, train, test, steps, space, budget, settings, mapper, workdir, echo, priors,
+                                out))
+    return results
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
     par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
     par.add_argument("--processes", type=int, default=None, help="replay in N local processes")
+    p.add_argument("--out", default=None, help="write each fold's calibrated formula and blackbox as artifacts "
+                                                "under OUT/<group>-stepml/ and OUT/<group>-blackbox/")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -314,10 +341,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps and not steps.exists():
         raise StepMLError(f"--steps not found: {steps}")
     steps_or_none = steps if steps.exists() else None
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        from features.io import check_writable_dir
+
+        check_writable_dir(out, "--out")
+        if any(out.glob("*/artifact.json")):
+            raise StepMLError(f"{out} already holds artifacts; choose another --out")
     echo = (lambda _: None) if args.json else print
     with tempfile.TemporaryDirectory(prefix="stepml-generalize-") as tmp, _mapper(args) as mapper:
         results = generalize(experiments, args.by, steps_or_none, args.space, args.budget, settings, mapper or map,
-                             Path(tmp), echo, PRIORS[:args.priors])
+                             Path(tmp), echo, PRIORS[:args.priors], out)
     if args.json:
         from features.io import json_safe
 
@@ -325,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "folds": {f.group: {"experiments": f.errors, "baseline": f.baseline_errors, "formula": f.formula,
                                    "overheads": f.overheads, "calibration_loss": f.calibration_loss,
                                    "candidates": f.candidates, "baseline_formula": f.baseline_formula,
-                                   "train": list(f.train), "seconds": f.seconds} for f in results},
+                                   "train": list(f.train), "seconds": f.seconds, "artifacts": f.artifacts}
+                         for f in results},
                "summary": summary(results), "baseline_summary": summary(results, "baseline_errors")}
         print(json.dumps(json_safe(doc)))
     else:

@@ -93,6 +93,7 @@ __all__ = [
     "sse_line_times",
     "request_latency_values",
     "summarize_lifecycle",
+    "lifecycle_from_values",
     "parse_lifecycle_report",
     "read_lifecycle_report",
     "relative_error",
@@ -368,10 +369,31 @@ def summarize_lifecycle(start_s: np.ndarray, end_s: np.ndarray, line_times: Ragg
     Throughputs divide by ``max(end) - min(start)`` of the requests given.
     """
     vals = request_latency_values(start_s, end_s, line_times, output_tokens)
+    return lifecycle_from_values(vals, start_s, end_s, input_tokens, output_tokens)
+
+
+def lifecycle_from_values(values: Mapping[str, np.ndarray | None], start_s: np.ndarray, end_s: np.ndarray,
+                          input_tokens: np.ndarray, output_tokens: np.ndarray) -> LifecycleSummary:
+    """A :class:`LifecycleSummary` of successful requests from per-request metric samples.
+
+    Parameters
+    ----------
+    values : mapping
+        Metric name (:data:`LATENCY_METRICS`) → samples (s); a missing or None
+        metric is summarised as empty (NaN).
+    start_s, end_s : array_like
+        Send and end time of each request; throughputs divide by
+        ``max(end) - min(start)`` (NaN when an end is unknown).
+    input_tokens, output_tokens : array_like
+        Token counts summed into the token throughputs.
+    """
+    unknown = [k for k in values if k not in LATENCY_METRICS]
+    if unknown:
+        raise StepMLError(f"lifecycle_from_values: unknown metric(s) {', '.join(unknown)}")
     start = np.asarray(start_s, dtype=float).ravel()
     end = np.asarray(end_s, dtype=float).ravel()
     n = int(start.size)
-    span = float(end.max() - start.min()) if n else float("nan")
+    span = float(np.max(end) - np.min(start)) if n else float("nan")
     ok = n > 0 and span > 0
 
     def rate(total: float) -> float:
@@ -379,8 +401,9 @@ def summarize_lifecycle(start_s: np.ndarray, end_s: np.ndarray, line_times: Ragg
 
     inp = float(np.sum(np.asarray(input_tokens, dtype=float)))
     outp = float(np.sum(np.asarray(output_tokens, dtype=float)))
-    return LifecycleSummary(n, *(summarize_values(vals[m]) for m in LATENCY_METRICS),
-                            requests_per_sec=rate(n), input_tokens_per_sec=rate(inp),
+    summaries = (summarize_values(values[m]) if values.get(m) is not None else MetricSummary.empty()
+                 for m in LATENCY_METRICS)
+    return LifecycleSummary(n, *summaries, requests_per_sec=rate(n), input_tokens_per_sec=rate(inp),
                             output_tokens_per_sec=rate(outp))
 
 

@@ -95,7 +95,6 @@ from evaluation.latency_metrics import (LATENCY_METRICS, LifecycleSummary, Ragge
 from evaluation.replay_setup import (ClientLimits, ExperimentSetup, estimate_kv_blocks, kv_blocks_for,
                                      measured_windows, prepare_experiment, resolve_experiment, scheduler_config,
                                      step_time_function)
-from evaluation.request_trace import is_request_trace, replay_request_trace
 from evaluation.scheduler import SchedulerConfig, simulate
 from evaluation.workloads import STAGE_WARMUP_S, Profile, experiment_profile, place_stages, to_workload
 from features.errors import StepMLError
@@ -104,9 +103,9 @@ from features.io import json_safe
 if TYPE_CHECKING:  # pragma: no cover
     from evaluation.saturation import PaceCheck
 
-__all__ = ["ReplayResult", "replay_experiment", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
+__all__ = ["ReplayResult", "replay_experiment", "client_view", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS",
-           "is_request_trace", "replay_request_trace", "resolve_experiment"]
+           "resolve_experiment"]
 
 #: JSON error key → (latency metric or throughput attribute).
 ERROR_KEYS: dict[str, str] = {
@@ -162,6 +161,12 @@ class ReplayResult:
         Each accepted request's arrival at the scheduler on the simulator's clock (with ``keep_sim``).
     constants : dict or None
         The experiment's per-step constants (``arch.*``, ``hw.*``…; with ``keep_sim``).
+    kind : str
+        ``experiment`` (an inference-perf folder) or ``request log`` (:mod:`evaluation.request_replay`).
+    per : str
+        What ITL and TPOT are per: ``line`` (inference-perf's streamed lines) or ``token``.
+    server : mapping or None
+        A request log's server settings and where each came from (:class:`evaluation.server_spec.ServerSpec`).
     """
 
     experiment_id: str
@@ -185,6 +190,9 @@ class ReplayResult:
     accepted: np.ndarray | None = field(default=None, repr=False)
     sim_arrival_s: np.ndarray | None = field(default=None, repr=False)
     constants: Mapping[str, Any] | None = field(default=None, repr=False)
+    kind: str = "experiment"
+    per: str = "line"
+    server: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -266,7 +274,11 @@ class ReplayResult:
             "sim_seconds": self.sim_seconds,
             "wall_seconds": self.wall_seconds,
             "notes": list(self.notes),
+            "kind": self.kind,
+            "per": self.per,
         })
+        if self.server is not None:
+            out["server"] = dict(self.server)
         return json_safe(out)
 
 
@@ -340,8 +352,8 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     t_sim = time.perf_counter()
     sim, placed, starts, accepted, deadline = _simulate_stages(setup, step_fn, pname, queue_overhead_s, limits)
     sim_seconds = time.perf_counter() - t_sim
-    table, lines = _client_view(placed, sim, accepted, deadline, queue_overhead_s, post_overhead_s,
-                                end_overhead_s, line_gap_s)
+    table, lines = client_view(placed, sim, accepted, deadline, queue_overhead_s, post_overhead_s,
+                               end_overhead_s, line_gap_s)
     table, lines = _restage(table, lines, setup.stages, starts, setup.profile.interval_s)
     predicted = _predicted_windows(table, lines, setup.stages)
     chosen = list(setup.stages)
@@ -431,19 +443,24 @@ def _drained(placed: pd.DataFrame, ends: np.ndarray, chosen: Sequence[int]) -> b
     return True
 
 
-def _client_view(placed: pd.DataFrame, sim: Any, accepted: np.ndarray, deadline: np.ndarray, queue_s: float,
-                 post_s: float, end_s: float, gap_s: float) -> tuple[pd.DataFrame, Ragged]:
-    """Per-request client times, outcomes and the recorded line timestamps.
+def client_view(placed: pd.DataFrame, sim: Any, accepted: np.ndarray, deadline: np.ndarray, queue_s: float,
+                post_s: float, end_s: float, gap_s: float, *, lines_per_event: int = 2,
+                done_event: bool = True) -> tuple[pd.DataFrame, Ragged]:
+    """Per-request client times, outcomes and the recorded timestamps.
 
-    A request succeeds when its last line plus ``end_s`` comes before its deadline;
-    a late one fails at the deadline, a rejected one ``queue_s`` after it was sent.
-    Failed requests keep no line timestamps.
+    Each token reaches the client ``post_s`` after its step ends; the recorded
+    series is :func:`~evaluation.latency_metrics.sse_line_times` of those times
+    (inference-perf's lines by default; ``lines_per_event=1, done_event=False``
+    gives one timestamp per token). A request succeeds when its last timestamp
+    plus ``end_s`` comes before its deadline; a late one fails at the deadline, a
+    rejected one ``queue_s`` after it was sent. Failed requests keep no timestamps.
     """
     n = len(placed)
     token_list = [np.zeros(0)] * n
     for i, times in zip(np.flatnonzero(accepted), sim.token_times):
         token_list[i] = times
-    lines = sse_line_times(Ragged.from_list(token_list).shifted(post_s), line_gap_s=gap_s)
+    lines = sse_line_times(Ragged.from_list(token_list).shifted(post_s), lines_per_event=lines_per_event,
+                           done_event=done_event, line_gap_s=gap_s)
     offs = lines.offsets
     has = lines.lengths > 0
     first = np.full(n, np.nan)
@@ -514,12 +531,10 @@ def _restage(table: pd.DataFrame, lines: Ragged, chosen: Sequence[int], sim_star
 
 
 def _predicted_windows(table: pd.DataFrame, lines: Ragged, chosen: Sequence[int]) -> dict[str, LifecycleSummary]:
-    predicted: dict[str, LifecycleSummary] = {}
     stage_arr = table["stage"].to_numpy()
-    for s in chosen:
-        predicted[f"stage_{s}"] = _summary(table, lines, stage_arr == s)
-    predicted["summary"] = _summary(table, lines, np.ones(len(table), dtype=bool))
-    return predicted
+    masks = {f"stage_{s}": stage_arr == s for s in chosen}
+    masks["summary"] = np.ones(len(table), dtype=bool)
+    return {w: _summary(table, lines, m) for w, m in masks.items()}
 
 
 def _summary(table: pd.DataFrame, lines: Ragged, mask: np.ndarray) -> LifecycleSummary:
@@ -612,6 +627,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from evaluation.replay_cli import main as cli_main
 
     return cli_main(argv)
+
+
+def __getattr__(name: str) -> Any:
+    """The request-log replay's entry points, re-exported lazily (that module imports this one)."""
+    if name in ("is_request_trace", "replay_request_trace", "replay_requests"):
+        from evaluation import request_replay
+
+        return getattr(request_replay, name)
+    raise AttributeError(f"module 'evaluation.replay' has no attribute '{name}'")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ from features.metadata import (ExperimentMeta, arch_columns, default_data_root, 
                                find_experiment_dir, load_server_config, metadata_roots, parse_experiment_name)
 
 __all__ = ["ClientLimits", "ExperimentSetup", "prepare_experiment", "client_limits", "scheduler_config",
-           "estimate_kv_blocks", "kv_blocks_for", "step_time_function", "step_constants", "roots_for",
-           "experiment_metadata", "measured_windows", "measured_prompt_len", "resolve_experiment",
+           "estimate_kv_blocks", "kv_blocks_from_memory", "kv_blocks_for", "step_time_function", "step_constants", "roots_for",
+           "experiment_metadata", "measured_windows", "measured_prompt_len", "matched_input_offset", "resolve_experiment",
            "BLOCK_SIZE", "STEP_TABLE", "AIOHTTP_DEFAULT_TIMEOUT_S"]
 
 BLOCK_SIZE = 16
@@ -143,15 +143,39 @@ def scheduler_config(exp_dir: str | Path, num_gpu_blocks: int | None,
 
 def estimate_kv_blocks(meta: ExperimentMeta) -> int | None:
     """KV pool estimate from model and GPU memory (module docstring); None without metadata."""
-    arch, hw = meta.arch, meta.hardware
-    if arch is None or hw is None:
+    if meta.arch is None or meta.hardware is None:
         return None
-    tp = max(1, int(meta.tp))
-    per_gpu = hw.memory_bytes / 1e9 * 2**30                    # datasheet GB read as GiB
-    weights = arch.total_params * arch.bytes_per_param
+    return kv_blocks_from_memory(meta.arch, meta.hardware.memory_bytes, meta.tp)
+
+
+def kv_blocks_from_memory(arch: Any, memory_bytes: float, tp: int, *,
+                          gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION, block_size: int = BLOCK_SIZE,
+                          kv_cache_memory_bytes: float | None = None) -> int | None:
+    """KV blocks of a server (module docstring); None when nothing is left for the KV cache.
+
+    Parameters
+    ----------
+    arch : ModelArch
+    memory_bytes : float
+        Datasheet memory per GPU (its "80 GB" is read as 80 GiB, as the device reports it).
+    tp : int
+        Tensor-parallel GPUs.
+    gpu_memory_utilization : float
+        vLLM's ``--gpu-memory-utilization`` (0.9 by default).
+    block_size : int
+        Tokens per KV block.
+    kv_cache_memory_bytes : float, optional
+        vLLM's ``--kv-cache-memory-bytes``: KV memory per GPU, used instead of the estimate.
+    """
+    tp = max(1, int(tp))
     kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * arch.bytes_per_param
-    usable = GPU_MEMORY_UTILIZATION * per_gpu * tp - weights - tp * RESERVE_BYTES_PER_GPU
-    blocks = int(usable // (BLOCK_SIZE * kv_per_token))
+    if kv_cache_memory_bytes is not None:
+        usable = float(kv_cache_memory_bytes) * tp
+    else:
+        per_gpu = memory_bytes / 1e9 * 2**30                   # datasheet GB read as GiB
+        weights = arch.total_params * arch.bytes_per_param
+        usable = gpu_memory_utilization * per_gpu * tp - weights - tp * RESERVE_BYTES_PER_GPU
+    blocks = int(usable // (block_size * kv_per_token))
     return blocks if blocks >= 1 else None
 
 
@@ -268,6 +292,13 @@ def measured_prompt_len(exp_dir: Path) -> float | None:
         return None
 
 
+def matched_input_offset(exp_dir: str | Path, profile: Profile) -> int:
+    """Tokens added to every input so its length is the measured mean ``prompt_len`` (0 without results)."""
+    measured_len = measured_prompt_len(Path(exp_dir))
+    return 0 if measured_len is None else int(round(measured_len - profile.data.nominal_input))
+
+
+
 def client_limits(exp_dir: str | Path) -> ClientLimits:
     """The client's timeout and in-flight bound from ``results/config.yaml`` (defaults without it)."""
     path = Path(exp_dir) / "results" / "config.yaml"
@@ -319,11 +350,7 @@ def prepare_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, *, st
     bad = [s for s in chosen if not 0 <= s < n_stages]
     if bad or not chosen:
         raise StepMLError(f"{exp_dir.name}: stage(s) {bad or chosen} not in the profile (stages 0..{n_stages - 1})")
-    offset = 0
-    if match_prompt_len:
-        measured_len = measured_prompt_len(exp_dir)
-        if measured_len is not None:
-            offset = int(round(measured_len - profile.data.nominal_input))
+    offset = matched_input_offset(exp_dir, profile) if match_prompt_len else 0
     if num_gpu_blocks is not None:
         blocks, kv_source = int(num_gpu_blocks), "given"
     else:

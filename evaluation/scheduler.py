@@ -67,7 +67,8 @@ Simplifications (documented deviations from vLLM)
   preempted) request of the group starts with ``min(floor(prefix_len /
   block_size), floor((prompt - 1) / block_size)) * block_size`` KV tokens,
   capped by the group's cached length: at least one prompt token is always
-  computed, as in vLLM.
+  computed, as in vLLM. A group of a ``prefix_warm`` request is cached from the
+  start, to that request's block-aligned ``prefix_len``.
 - Preemption is always by recompute: the preempted request's prompt becomes
   ``input + generated`` tokens and its KV length resets to 0.
 - ``max_model_len``: an input longer than it raises :class:`ValueError`; the
@@ -214,6 +215,10 @@ class Workload:
     deadline_s : numpy.ndarray, optional
         Absolute time (s, clock of ``arrival_s``) at which the client gives up on
         the request; ``inf`` for never. Default: None (no deadlines).
+    prefix_warm : numpy.ndarray, optional
+        True where the request's prefix (its group's first ``prefix_len`` tokens) is
+        already in the prefix cache when the run starts, e.g. the cached tokens a
+        request log reports (:mod:`evaluation.request_replay`). Default: None (cold cache).
     """
 
     arrival_s: np.ndarray
@@ -222,6 +227,7 @@ class Workload:
     prefix_group: np.ndarray | None = None
     prefix_len: np.ndarray | None = None
     deadline_s: np.ndarray | None = None
+    prefix_warm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         arrival = np.asarray(self.arrival_s, dtype=float).ravel()
@@ -257,6 +263,11 @@ class Workload:
             if np.isnan(deadline).any():
                 raise ValueError(f"Workload.deadline_s is NaN at index {int(np.flatnonzero(np.isnan(deadline))[0])}")
             object.__setattr__(self, "deadline_s", deadline)
+        if self.prefix_warm is not None:
+            warm = np.asarray(self.prefix_warm).ravel()
+            if warm.size != n or warm.dtype != bool:
+                raise ValueError(f"Workload.prefix_warm must be {n} booleans")
+            object.__setattr__(self, "prefix_warm", warm)
         for name, arr in ints.items():
             object.__setattr__(self, name, arr)
 
@@ -271,7 +282,7 @@ class Workload:
         ----------
         frame : pandas.DataFrame
             Columns ``arrival_s``, ``input_tokens``, ``output_tokens`` and,
-            optionally, ``prefix_group``, ``prefix_len`` and ``deadline_s``.
+            optionally, ``prefix_group``, ``prefix_len``, ``deadline_s`` and ``prefix_warm``.
 
         Returns
         -------
@@ -280,7 +291,8 @@ class Workload:
         missing = [c for c in ("arrival_s", "input_tokens", "output_tokens") if c not in frame.columns]
         if missing:
             raise ValueError(f"workload frame: missing column(s): {', '.join(missing)}")
-        optional = {c: frame[c].to_numpy() for c in ("prefix_group", "prefix_len", "deadline_s") if c in frame.columns}
+        optional = {c: frame[c].to_numpy() for c in ("prefix_group", "prefix_len", "deadline_s", "prefix_warm")
+                    if c in frame.columns}
         return cls(frame["arrival_s"].to_numpy(), frame["input_tokens"].to_numpy(),
                    frame["output_tokens"].to_numpy(), **optional)
 

@@ -132,6 +132,11 @@ class SimState:
             self.pending = np.where((group >= 0) & (aligned > 0), plen, _NEVER).astype(np.int64)
             self.group_l = group.tolist()
             self.aligned_l = aligned.tolist()
+            warm = getattr(workload, "prefix_warm", None)
+            if warm is not None:
+                for r in np.flatnonzero(warm & (group >= 0) & (aligned > 0)).tolist():
+                    g = self.group_l[r]
+                    self.cached[g] = max(self.cached.get(g, 0), self.aligned_l[r])
 
     def _init_deadlines(self, workload: Any) -> None:
         deadline = getattr(workload, "deadline_s", None)

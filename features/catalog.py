@@ -209,6 +209,9 @@ def _declare() -> tuple[Feature, ...]:
           "simulator", "physics", f"Max({_LINEAR_COMPUTE}, {_WEIGHT_READ} + {_KV_READ} + {_KV_WRITE})"),
         F("n_allreduce", "collectives", "tensor-parallel all-reduces per step: 2 per layer when tp > 1, else 0",
           "simulator", "physics", "2*arch__num_layers*Min(1, Max(0, arch__tp - 1))"),
+        F("allreduce_rounds", "rounds", "latency rounds of the step's all-reduces: 2 per layer × log2(tp) "
+          "(the depth of NCCL's tree for small messages; 0 at tp = 1)", "simulator", "physics",
+          "2*arch__num_layers*log(arch__tp)/log(2)"),
         F("num_moe_layers", "layers", "layers whose MLP is a mixture of experts (0 for dense)", "simulator", "physics",
           f"arch__num_layers*Min(1, Max(0, {_E} - 1))"),
         # -- operator tables: one call's own FLOPs and bytes (column maps), at peak rates ----------------

@@ -183,12 +183,7 @@ def parse_colmap(doc: Mapping[str, Any], path: Path | str = "column map") -> Col
         elif name in features:
             raise StepMLError(f"{where}: '{name}' is set in both [features] and [derived]")
         derived[name] = text
-    filters = {}
-    for name, value in _table(doc, "filters", where).items():
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
-            raise StepMLError(f"{where}: [filters] '{name}' must be a value or a list of values, got {value!r}")
-        filters[name] = values
+    filters = parse_filters(doc, where)
     constants = {}
     for name, value in _table(doc, "constants", where).items():
         _canonical(name, canonical, where, "[constants]")
@@ -217,6 +212,17 @@ def parse_colmap(doc: Mapping[str, Any], path: Path | str = "column map") -> Col
         description=_string(doc.get("description", ""), where, "description", empty=True), source=where,
         files=tuple(_strings(doc.get("files", []), where, "files")), hardware=hardware, path_columns=path_columns,
     )
+
+
+def parse_filters(doc: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
+    """The ``[filters]`` table of a map: column → accepted values (a value or a list of values)."""
+    filters = {}
+    for name, value in _table(doc, "filters", where).items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+            raise StepMLError(f"{where}: [filters] '{name}' must be a value or a list of values, got {value!r}")
+        filters[name] = values
+    return filters
 
 
 def _known_keys(table: Mapping[str, Any], known: tuple[str, ...], where: str, what: str) -> None:
@@ -393,6 +399,23 @@ def _evaluate(expr: Any, column: Callable[[str], np.ndarray]) -> Any:
     raise StepMLError(f"expression {expr}: '{type(expr).__name__}' cannot be evaluated on a table")
 
 
+def add_derived(raw: pd.DataFrame, derived: Mapping[str, str], original: Any, source: str, label: str) -> None:
+    """Add a map's ``[derived]`` columns to ``raw`` in file order (a later one may use an earlier one).
+
+    A text with ``{column}`` fields is a format string (text), anything else an
+    expression read by :func:`parse_derived`; a name of one of the ``original``
+    table columns is refused.
+    """
+    for name, text in derived.items():
+        what = f"{label} [derived] '{name}'"
+        if name in original:
+            raise StepMLError(f"{source}: {what} would replace the table's column '{name}'; give it another name")
+        if "{" in text:
+            raw[name] = _format_rows(raw, text, what)
+        else:
+            raw[name] = evaluate_derived(parse_derived(text, raw.columns, what), raw, source, what)
+
+
 def path_values(path: Path, cmap: ColumnMap) -> dict[str, str]:
     """The ``path_columns`` fields of one file's path (matched against its last folders and name).
 
@@ -457,14 +480,7 @@ def apply_colmap(table: pd.DataFrame, cmap: ColumnMap, source: str = "table", *,
         raise StepMLError(f"{source}: column map '{cmap.name}' names unknown column(s): "
                           f"{', '.join(missing)}; the table has: {', '.join(map(str, table.columns))}")
     raw = _filter(raw, cmap, source, [c for c in cmap.filters if c not in cmap.derived])
-    for name, text in cmap.derived.items():  # in file order: a derived column may use earlier ones
-        what = f"column map '{cmap.name}' [derived] '{name}'"
-        if name in table.columns:
-            raise StepMLError(f"{source}: {what} would replace the table's column '{name}'; give it another name")
-        if cmap.is_expression(name):
-            raw[name] = evaluate_derived(parse_derived(text, raw.columns, what), raw, source, what)
-        else:
-            raw[name] = _format_rows(raw, text, what)
+    add_derived(raw, cmap.derived, table.columns, source, f"column map '{cmap.name}'")
     raw = _filter(raw, cmap, source, [c for c in cmap.filters if c in cmap.derived])
     out = pd.DataFrame(index=raw.index)
     for canonical, column in cmap.features.items():

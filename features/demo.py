@@ -188,20 +188,28 @@ def demo_steps(seed: int = DEMO_SEED) -> pd.DataFrame:
     return _demo(seed).copy()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the demo data for inspection: ``python -m features.demo --out DIR``."""
-    from pathlib import Path
-
+def demo_arguments(argv: Sequence[str] | None, prog: str, description: str, out_help: str) -> argparse.Namespace:
+    """``--out DIR [--seed N]`` of the demo writers, checked (seed >= 0, a writable folder) before any work."""
     from features.errors import StepMLError
-    from features.io import atomic_write_frame, check_writable_dir
+    from features.io import check_writable_dir
 
-    parser = argparse.ArgumentParser(prog="python -m features.demo", description="Write the SYNTHETIC demo step table.")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     args = parser.parse_args(argv)
     if args.seed < 0:
         raise StepMLError(f"--seed must be >= 0, got {args.seed}")
     check_writable_dir(args.out, "--out")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the demo data for inspection: ``python -m features.demo --out DIR``."""
+    from pathlib import Path
+
+    from features.io import atomic_write_frame
+
+    args = demo_arguments(argv, "features.demo", "Write the SYNTHETIC demo step table.", "output folder")
     path = atomic_write_frame(Path(args.out) / "demo_steps_synthetic.parquet", demo_steps(args.seed))
     print(f"wrote {path} (SYNTHETIC demo data, seed {args.seed})")
     return 0

@@ -22,14 +22,14 @@ CLI: ``python -m features.demo_experiments --out DIR``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from features.demo import DEMO_SEED, H100, LAW_INTERCEPT_US, LAW_TERMS, MODELS, NOISE_SIGMA, DemoModel
+from features.demo import (DEMO_SEED, H100, LAW_INTERCEPT_US, LAW_TERMS, MODELS, NOISE_SIGMA, DemoModel,
+                          demo_arguments)
 
 __all__ = ["QUEUE_OVERHEAD_S", "END_OVERHEAD_S", "STAGES", "write_demo_experiments", "law_expression"]
 
@@ -157,11 +157,8 @@ def write_demo_experiments(root: str | Path, seed: int = DEMO_SEED) -> list[Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m features.demo_experiments --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m features.demo_experiments",
-                                     description="Write the SYNTHETIC demo experiments (known step-time law).")
-    parser.add_argument("--out", required=True, help="root folder (experiments go to OUT/blis/experiments)")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED)
-    args = parser.parse_args(argv)
+    args = demo_arguments(argv, "features.demo_experiments", "Write the SYNTHETIC demo experiments (known step-time "
+                          "law).", "root folder (experiments go to OUT/blis/experiments)")
     paths = write_demo_experiments(args.out, args.seed)
     print(f"wrote {len(paths)} SYNTHETIC demo experiments under {Path(args.out) / 'blis' / 'experiments'}")
     return 0

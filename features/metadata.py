@@ -35,6 +35,18 @@ def default_data_root() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+def default_blis_root() -> Path:
+    """The BLIS simulator snapshot: ``$STEPML_BLIS`` if set, else ``blis`` beside the data root (``../shared/blis``).
+
+    Its ``src/model_configs/`` holds Hugging Face ``config.json`` files of the
+    models BLIS knows, searched by :func:`evaluation.server_spec.find_model_config_path`.
+    """
+    env = os.environ.get("STEPML_BLIS")
+    if env:
+        return Path(env)
+    return default_data_root().parent / "blis"
+
+
 @dataclass(frozen=True)
 class ExperimentName:
     """The parts of an experiment directory name."""

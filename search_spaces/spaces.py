@@ -23,7 +23,8 @@ ROOFLINE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute", "rl_we
             "rl_allreduce", "rl_expert_compute", "rl_expert_weights")
 #: The cross-model physics basis (features/physics.py): times at peak rates, and counts.
 PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linear_compute", "rl_prefill_compute",
-           "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_bound", "n_allreduce", "num_layers",
+           "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_bound", "n_allreduce", "allreduce_rounds",
+           "num_layers",
            "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
 #: Operator tables: sizes that vary between kernels, the roofline terms they can compute, the operator's own.
 KERNEL_ARCH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "tp")

@@ -111,7 +111,10 @@ def test_audit_writes_report_and_verdicts(exported, capsys):
     assert set(result["invariants"]) == {f"INV-M-{i}" for i in range(1, 8)}
     assert code == (0 if all(r["pass"] for r in result["invariants"].values()) else 1)
     assert result["invariants"]["INV-M-2"]["pass"] and result["invariants"]["INV-M-3"]["pass"]
-    assert result["invariants"]["INV-M-1"]["value"]["empty_batch_us"] == 0.0
+    _, predictor = load_artifact(exported)
+    intercept = float(predictor.expr.xreplace({s: 0 for s in predictor.expr.free_symbols}))
+    assert result["invariants"]["INV-M-1"]["value"]["empty_batch_us"] == pytest.approx(intercept, rel=1e-12)
+    assert result["invariants"]["INV-M-1"]["pass"] and intercept >= 1.0
     assert "formula" in result["metrics"]["comparison"]["overall"]
     text = (exported / "AUDIT.md").read_text()
     assert "INV-M-5" in text and "SYNTHETIC" in text and "Wilcoxon" in text
@@ -126,6 +129,17 @@ def test_audit_fails_a_decreasing_formula(run_dir, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["invariants"]["INV-M-5"]["pass"] is False
     assert result["invariants"]["INV-M-5"]["value"]["decode_tokens"] > 0
+
+
+def test_inv_m1_fails_a_formula_below_one_microsecond_on_the_empty_batch(run_dir, tmp_path, capsys):
+    path = _hand_run(run_dir, tmp_path, "30.0*decode_tokens + 2.0*prefill_tokens")   # 0 µs for the empty batch
+    assert _run(export.main, [str(path), "--out", str(tmp_path / "small"), "--round", "0"]) == 0
+    doc, predictor = load_artifact(tmp_path / "small")
+    dataset, split = run_data(doc, tmp_path / "small")
+    inv = audit.invariants(tmp_path / "small", doc, predictor, dataset, split)["INV-M-1"]
+    empty = {"batch.decode_tokens": np.zeros(1), "batch.prefill_tokens": np.zeros(1)}
+    assert inv["pass"] is False and inv["value"]["empty_batch_us"] == 0.0
+    assert predictor.raw(empty)[0] == 0.0 and predictor.predict(empty)[0] == 1.0   # the floor BLIS requires
 
 
 def test_audit_of_a_missing_folder_is_exit_2(tmp_path, capsys):

@@ -114,3 +114,45 @@ def test_select_errors():
         select("best", [], [])
     with pytest.raises(StepMLError, match="finite loss"):
         select("best", [1, 2], [INF, math.nan])
+
+
+# -- selection that sees the replay ----------------------------------------------------------------
+
+def test_best_takes_the_lowest_replay_error_within_the_validation_window():
+    # rows 3 and 4 are within 1.5 x the lowest loss; row 2 replays best but is outside the window
+    replay = [np.nan, 40.0, 3.0, 12.0, 9.0]
+    assert select("best", FRONT_C, FRONT_L, replay_loss=replay) == 4
+    # without replay errors PySR's rule holds (row 3)
+    assert select("best", FRONT_C, FRONT_L, replay_loss=[np.nan] * 5) == 3
+    # a row the data rule excludes is never best, unless nothing else is left
+    assert select("best", FRONT_C, FRONT_L, replay_loss=replay, eligible=[1, 1, 1, 1, 0]) == 3
+    assert select("best", FRONT_C, FRONT_L, eligible=[0, 0, 0, 0, 0]) == 3
+
+
+def test_a_reviewed_front_carries_its_replay_and_the_prefill_rule(linear_run, tmp_path):
+    import json
+    import shutil
+
+    import sympy
+
+    from discovery.rundir import HofRow, reviewed_front, uses_prefill, write_hof
+
+    run = tmp_path / "run"
+    shutil.copytree(linear_run, run)
+    blind = sympy.sympify("200.0*decode_tokens + 6000.0")
+    full = sympy.sympify("20.0*prefill_tokens + 210.0*decode_tokens + 5000.0")
+    assert not uses_prefill(blind) and uses_prefill(full)
+    write_hof(run, [HofRow(5, 10.0, str(blind), 0.0, 10.0, 10.0, 0.0, 2, sympy.srepr(blind), "deap", True, "a"),
+                    HofRow(9, 9.0, str(full), 0.1, 9.5, 9.5, 0.0, 3, sympy.srepr(full), "deap", True, "b")])
+    (run / "replay.json").write_text(json.dumps({"rows": {sympy.srepr(blind): {"e2e_err": 1.0, "ttft_err": 1.0,
+                                                                               "itl_err": 1.0},
+                                                          sympy.srepr(full): {"e2e_err": 5.0, "ttft_err": 5.0,
+                                                                              "itl_err": 5.0}}}))
+    front, eligible = reviewed_front(run)
+    assert list(front["e2e_err"]) == [1.0, 5.0]
+    info = json.loads((run / "run.json").read_text())
+    assert info["data_has_prefill"] is True          # the demo data has prefill steps
+    assert list(eligible) == [False, True]
+    from discovery.pareto import pick_row
+
+    assert pick_row(front, "best", eligible) == 1    # the prefill-blind row replays better but is not allowed

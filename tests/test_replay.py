@@ -385,11 +385,13 @@ def test_request_trace_folder_is_replayed_from_its_spans(data_root):
         pytest.skip(f"request traces not found at {folder}")
     assert is_request_trace(folder) and not is_request_trace(data_root / "blis" / "experiments")
     constant = FormulaPredictor(sympy.Float(20000.0), (), "constant")
-    entry = replay_request_trace(folder, constant)
-    assert entry["measured"]["requests"] == entry["predicted"]["requests"] == 282
+    result = replay_request_trace(folder, constant, capacity=False)
+    pred, meas = result.predicted["summary"], result.measured["summary"]
+    assert result.kind == "request log" and meas.count == pred.count == len(result.requests) == 282
     # every request waits at least one 20 ms step for its first token and one step per output token
-    assert entry["predicted"]["ttft_s"] >= 0.02 and entry["predicted"]["e2e_s"] > entry["predicted"]["ttft_s"]
-    assert 0 <= entry["e2e_err"] < 1000 and entry["itl_err"] is None
+    assert pred.time_to_first_token.min >= 0.02 - 1e-9 and pred.request_latency.mean > pred.time_to_first_token.mean
+    entry = result.to_json_dict()
+    assert 0 <= entry["e2e_err"] < 1000 and entry["itl_err"] is None          # the spans measured no ITL
 
 
 # -- client timeout, rejection, capacity, explanation check -----------------------------------------

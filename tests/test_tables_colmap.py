@@ -491,6 +491,7 @@ def _readme_maps() -> list[str]:
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = text.split("### Request logs")[0]               # the column-map examples, not the request map
     return [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from features.errors import StepMLError
 
-__all__ = ["serial_map", "process_map", "dask_map", "chunked"]
+__all__ = ["serial_map", "process_map", "dask_map", "chunked", "mapper_for"]
 
 #: Worker-side cache of unpickled functions, keyed by the digest of their pickle.
 _FN_CACHE: "OrderedDict[str, Any]" = OrderedDict()
@@ -232,3 +232,30 @@ def dask_map(workers: int | None = None, scheduler: str | None = None,
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextmanager
+def mapper_for(workers: int | None = None, scheduler: str | None = None,
+               processes: int | None = None) -> Iterator[Any]:
+    """The mapper the ``--workers`` / ``--scheduler`` / ``--processes`` options ask for (None: in this process).
+
+    Counts below 1 and a malformed scheduler address are one-line errors, raised
+    before anything starts.
+    """
+    from features.errors import StepMLError
+
+    for flag, value in (("--workers", workers), ("--processes", processes)):
+        if value is not None and value < 1:
+            raise StepMLError(f"{flag} must be >= 1, got {value}")
+    if scheduler is not None:
+        from discovery.config import check_scheduler_address
+
+        check_scheduler_address(scheduler)
+    if workers is not None or scheduler is not None:
+        with dask_map(workers=workers, scheduler=scheduler) as mapper:
+            yield mapper
+    elif processes is not None:
+        with process_map(processes) as mapper:
+            yield mapper
+    else:
+        yield None

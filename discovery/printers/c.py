@@ -12,12 +12,15 @@ reserved-word suffix ``_`` where a name is a C keyword.
 
 Expressions come from :class:`sympy.printing.c.C99CodePrinter` (what
 ``ccode(expr, standard="C99")`` uses): ``Max``/``Min`` nest ``fmax``/``fmin``,
-``Abs`` is ``fabs``, ``x**0.5`` is ``sqrt(x)``, ``x**-1`` is ``1.0/x``, other
-powers ``pow``, rationals ``p.0/q.0`` and floats with 17 significant digits
-(round-trip for float64). Semantics are plain IEEE double arithmetic, so the
-operator table's protected division (``a / b`` → ``a`` where ``|b| < 1e-12``,
-see :mod:`search_spaces.operators`) is not reproduced, and ``fmax``/``fmin``
-return the other argument where one is NaN (numpy's ``maximum`` propagates NaN).
+``Abs`` is ``fabs``, ``x**0.5`` is ``sqrt(x)``, other powers ``pow``,
+rationals ``p.0/q.0`` and floats with 17 significant digits (round-trip for
+float64), with the operator table's semantics added
+(:mod:`discovery.printers.semantics`): a product with factors of negative
+power is the protected division ``stepml_div(numerator, denominator)`` (a
+``static`` helper in the file: ``a`` where ``|b| < 1e-12`` or the quotient of
+finite operands overflows), and ``log(1 + Abs(u))`` is ``log1p(fabs(u))``.
+``fmax``/``fmin`` return the other argument where one is NaN (numpy's
+``maximum`` propagates NaN).
 """
 from __future__ import annotations
 
@@ -26,14 +29,53 @@ from typing import Any, Sequence
 import sympy
 from sympy.printing.c import C99CodePrinter
 
+from discovery.printers.semantics import DIV_EPS, DIV_RULE, division_parts, log1p_argument
 from features.errors import StepMLError
 from search_spaces.operators import symbol_name
 
-__all__ = ["c_code", "c_source"]
+__all__ = ["C_DIV_FUNCTION", "c_code", "c_source"]
+
+#: The protected-division helper every generated C file defines.
+C_DIV_FUNCTION = "stepml_div"
+
+_C_HELPER = f"""\
+/* {DIV_RULE}. */
+static double {C_DIV_FUNCTION}(double a, double b)
+{{
+    if (fabs(b) < {DIV_EPS!r}) return a;
+    double q = a / b;
+    if (!isfinite(q) && isfinite(a) && isfinite(b)) return a;
+    return q;
+}}
+"""
+
+
+class TableC99Printer(C99CodePrinter):
+    """sympy's C99 printer with the operator table's protected division and ``log1p``."""
+
+    def _print_division(self, expr):
+        parts = division_parts(expr)
+        if parts is None:
+            return None
+        return f"{C_DIV_FUNCTION}({self._print(parts[0])}, {self._print(parts[1])})"
+
+    def _print_Mul(self, expr):
+        divided = self._print_division(expr)
+        return divided if divided is not None else super()._print_Mul(expr)
+
+    def _print_Pow(self, expr):
+        divided = self._print_division(expr)
+        return divided if divided is not None else super()._print_Pow(expr)
+
+    def _print_log(self, expr):
+        inner = log1p_argument(expr)
+        if inner is not None:
+            return f"log1p({self._print(inner)})"
+        return super()._print_log(expr)
 
 
 def _printer() -> C99CodePrinter:
-    return C99CodePrinter({"strict": True})
+    return TableC99Printer({"strict": True})
 
 
 def c_code(expr: Any) -> str:
@@ -120,6 +162,7 @@ def c_source(formula: Any, features: Sequence[str], name: str = "stepml_step_tim
         " */",
         "#include <math.h>",
         "",
+        *(_C_HELPER.splitlines() + [""] if C_DIV_FUNCTION + "(" in body else []),
         f"double {name}({', '.join(f'double {c}' for c in c_names) or 'void'})",
         "{",
         f"    return {body};",

