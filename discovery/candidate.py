@@ -171,7 +171,8 @@ def build_problem(dataset: Dataset, split: Split, space: SearchSpace, seed: int 
     Features constant over the training rows never enter the search: they are
     left out (``Problem.dropped``), and a seed formula using one reads its value
     as a number. ``transform`` (:func:`~search_spaces.transforms.parse_transform`)
-    gets its roofline feature from the data (``efficiency``).
+    gets its roofline feature from the data (``efficiency``) and adds the
+    utilisation form of every seed formula (:meth:`TargetTransform.seeds`).
     """
     from evaluation.probes import probe_pairs
 
@@ -189,6 +190,8 @@ def build_problem(dataset: Dataset, split: Split, space: SearchSpace, seed: int 
     if dropped:
         features = tuple(f for f in features if f not in dropped)
         space = dataclasses.replace(space, seed_formulas=_without(space.seed_formulas, dropped))
+    if transform.kind != "none":
+        space = dataclasses.replace(space, seed_formulas=transform.seeds(space.seed_formulas))
     weighted = space.loss == "relative_weighted" and dataset.weights is not None
     w = dataset.weights if weighted else None
     rng = np.random.default_rng(seed)

@@ -147,6 +147,15 @@ class TargetTransform:
             return sympy.exp(expr)
         return expr
 
+    def seeds(self, formulas: Iterable[str]) -> tuple[str, ...]:
+        """Seed formulas for the transformed target: each latency seed ``L`` as it is (a shape for the
+        transformed target too) and, for ``efficiency``, also as the utilisation ``FEATURE / (L)`` it
+        implies (skipped by an engine whose space lacks division or the feature)."""
+        formulas = tuple(formulas)
+        if self.kind != "efficiency":
+            return formulas
+        return formulas + tuple(f"{self.feature} / ({text})" for text in formulas)
+
     def check_scale(self, scale: np.ndarray, where: str) -> None:
         """One line if the roofline time is not finite and > 0 on every row (the latency divides by it)."""
         bad = ~(np.isfinite(scale) & (scale > 0))

@@ -35,6 +35,8 @@ def test_transform_specs_round_trip_and_bad_specs_are_one_line_errors():
     with pytest.raises(StepMLError, match="must be a feature in µs"):
         parse_transform("efficiency:prefill_tokens").resolve({"prefill_tokens"})
     assert parse_transform("efficiency").resolve({"op_bound", "rl_bound"}).feature == "rl_bound"
+    assert TargetTransform("efficiency", "op_bound").seeds(["c0 + c1*x"]) == ("c0 + c1*x", "op_bound / (c0 + c1*x)")
+    assert parse_transform("log").seeds(["c0 + c1*x"]) == ("c0 + c1*x",)
 
 
 @pytest.mark.parametrize("spec", ["log", "efficiency:op_bound"])
