@@ -1,8 +1,10 @@
 """The Candidate every engine produces, and the search problem every engine receives."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from features.dataset import Dataset
 from features.errors import StepMLError
 from features.splits import Split
 from search_spaces.spaces import SearchSpace
+from search_spaces.transforms import NONE, TargetTransform, parse_transform
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,26 @@ def formula_candidates(exprs: Iterable[sympy.Expr], problem: "Problem", engine: 
     objective = Objective(problem)
     out = []
     for expr in exprs:
-        loss, _, _ = objective.formula_loss(lambdify_formula(expr, problem.features))
+        loss, _, _ = objective.formula_loss(lambdify_formula(expr, objective.formula_features))
         out.append(Candidate(expr, int(complexity(expr)), float(loss), engine, provenance, count_constants(expr)))
+    return out
+
+
+def refine_candidates(candidates: Iterable[Candidate], problem: "Problem") -> list[Candidate]:
+    """Every candidate with its constants refitted on the training rows (:meth:`Objective.refine
+    <search_spaces.objective.Objective.refine>`: bounded Levenberg–Marquardt on the relative error of every
+    numeric constant); a candidate whose loss does not improve is returned as it was."""
+    from search_spaces.objective import Objective, complexity
+
+    objective = Objective(problem)
+    out = []
+    for c in candidates:
+        expr, loss = objective.refine(c.expr)
+        if expr is c.expr:
+            out.append(c)
+        else:
+            out.append(Candidate(expr, int(complexity(expr)), float(loss), c.engine, c.provenance,
+                                 count_constants(expr)))
     return out
 
 
@@ -88,7 +109,11 @@ class Problem:
     ``probe_rows`` holds features of the rows used for the positivity check.
     ``floor_train`` is the roofline lower bound (``rl_bound``, µs) of each
     training row when the data has the architecture and hardware to compute
-    it: a prediction below it is faster than physics allows.
+    it: a prediction below it is faster than physics allows. ``transform`` is
+    the target transform (:mod:`search_spaces.transforms`) and
+    ``scale_train``/``scale_val`` the roofline time of its ``efficiency`` per
+    row (None otherwise). ``dropped`` maps each feature of the space left out
+    because it is constant over the training rows to its value.
     """
 
     space: SearchSpace
@@ -102,6 +127,16 @@ class Problem:
     probes: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=dict)
     seed: int = 0
     floor_train: np.ndarray | None = None
+    transform: TargetTransform = NONE
+    scale_train: np.ndarray | None = None
+    scale_val: np.ndarray | None = None
+    dropped: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def formula_features(self) -> tuple[str, ...]:
+        """Features a latency formula may read: the search's, and the roofline time of ``efficiency``."""
+        extra = self.transform.feature if self.transform.needs_scale else None
+        return self.features + ((extra,) if extra and extra not in self.features else ())
 
 
 def _features_of(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -109,29 +144,74 @@ def _features_of(frame: pd.DataFrame, names: tuple[str, ...]) -> dict[str, np.nd
     return {k: np.broadcast_to(v, (len(frame),)).astype(float) for k, v in values.items()}
 
 
+def constant_features(X: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The features whose value is the same on every row (feature → value); NaN-free columns only."""
+    out = {}
+    for name, column in X.items():
+        values = np.asarray(column, dtype=float)
+        if values.size and np.all(np.isfinite(values)) and np.all(values == values[0]):
+            out[name] = float(values[0])
+    return out
+
+
+def _without(seeds: Iterable[str], dropped: Mapping[str, float]) -> tuple[str, ...]:
+    """Seed formulas with every dropped feature written as its constant value (the seed stays usable)."""
+    out = []
+    for text in seeds:
+        for name, value in dropped.items():
+            text = re.sub(rf"(?<![\w.]){re.escape(name)}(?![\w.])", repr(value), text)
+        out.append(text)
+    return tuple(out)
+
+
 def build_problem(dataset: Dataset, split: Split, space: SearchSpace, seed: int = 0,
-                  probe_rows: int = 256) -> Problem:
-    """Assemble a :class:`Problem` (features the data can compute, probes from training rows)."""
+                  probe_rows: int = 256, transform: "TargetTransform | str | None" = None) -> Problem:
+    """Assemble a :class:`Problem` (features the data can compute, probes from training rows).
+
+    Features constant over the training rows never enter the search: they are
+    left out (``Problem.dropped``), and a seed formula using one reads its value
+    as a number. ``transform`` (:func:`~search_spaces.transforms.parse_transform`)
+    gets its roofline feature from the data (``efficiency``) and adds the
+    utilisation form of every seed formula (:meth:`TargetTransform.seeds`).
+    """
     from evaluation.probes import probe_pairs
 
     available = set(dataset.feature_names(("simulator",)))
+    transform = parse_transform(transform).resolve(available)
     features = tuple(f for f in space.features if f in available)
     if not features:
         raise StepMLError(f"space '{space.name}': none of its features can be computed from {dataset.label}")
     frame = dataset.frame
     train, val = frame.iloc[split.train], frame.iloc[split.val]
+    dropped = constant_features(_features_of(train, features)) if len(train) > 1 else {}
+    if dropped and len(dropped) == len(features):
+        raise StepMLError(f"space '{space.name}': every feature it can use is constant over the training rows "
+                          f"({', '.join(f'{k} = {v:g}' for k, v in dropped.items())}); nothing to search")
+    if dropped:
+        features = tuple(f for f in features if f not in dropped)
+        space = dataclasses.replace(space, seed_formulas=_without(space.seed_formulas, dropped))
+    if transform.kind != "none":
+        space = dataclasses.replace(space, seed_formulas=transform.seeds(space.seed_formulas))
     weighted = space.loss == "relative_weighted" and dataset.weights is not None
     w = dataset.weights if weighted else None
     rng = np.random.default_rng(seed)
     probes = {}
     monotone = tuple(a for a in space.monotone_in)
+    probed = features + ((str(transform.feature),) if transform.needs_scale and transform.feature not in features
+                         else ())
     if space.constraint_mode != "off" and len(train):
         for axis, (lo, hi) in probe_pairs(train.reset_index(drop=True), rng, probe_rows, monotone).items():
-            probes[axis] = (_features_of(lo, features), _features_of(hi, features))
+            probes[axis] = (_features_of(lo, probed), _features_of(hi, probed))
     floor = None
     bound = catalog.get_feature("rl_bound")
     if space.constraint_mode != "off" and space.roofline_floor and bound.available_in(frame.columns) and len(train):
         floor = _features_of(train, ("rl_bound",))["rl_bound"]
+    scale_train = scale_val = None
+    if transform.needs_scale:
+        scale = _features_of(frame, (str(transform.feature),))[str(transform.feature)]
+        transform.check_scale(scale, dataset.label)
+        scale_train, scale_val = scale[split.train], scale[split.val]
     return Problem(space, features, _features_of(train, features), dataset.y[split.train],
                    None if w is None else w[split.train], _features_of(val, features), dataset.y[split.val],
-                   None if w is None else w[split.val], probes, seed, floor)
+                   None if w is None else w[split.val], probes, seed, floor, transform, scale_train, scale_val,
+                   dropped)

@@ -8,6 +8,10 @@ defaults (population, islands, generations, budget, seed, early stop) from
 touching the data or the disk, so a bad argument is a one-line error before
 anything is loaded or created.
 
+Stopping: a search uses its whole wall-clock ``budget_s`` unless the user
+bounds it: ``generations`` (None = unlimited) or ``early_stop`` (stop after that
+many generations without a better training loss; 0 = never, the default).
+
 Reproducibility: the same seed and data give a byte-identical
 ``hall_of_fame.csv`` when the search stops by ``generations`` (or early
 stopping), serial or parallel. A search stopped by its wall-clock ``budget_s``
@@ -24,7 +28,8 @@ from typing import Any, Mapping
 from features.errors import StepMLError
 from features.targets import DEFAULT_MAX_GAP
 
-__all__ = ["DEFAULTS", "CLUSTER_MANAGERS", "SearchConfig", "SearchDefaults", "check_scheduler_address"]
+__all__ = ["DEFAULTS", "CLUSTER_MANAGERS", "UNLIMITED_GENERATIONS", "SearchConfig", "SearchDefaults",
+           "check_scheduler_address"]
 
 #: ``cluster_manager`` values PySR accepts.
 CLUSTER_MANAGERS = ("slurm", "pbs", "lsf", "sge", "qrsh", "scyld", "htc")
@@ -33,15 +38,22 @@ _SCHEDULER = re.compile(r"(tcp|tls|ws|wss|ucx)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 
 @dataclass(frozen=True)
 class SearchDefaults:
-    """The budget and size of a search, shared by the CLI, the Python API and every engine."""
+    """The budget and size of a search, shared by the CLI, the Python API and every engine.
+
+    ``generations`` None is unlimited and ``early_stop`` 0 never stops early: by
+    default a search spends its whole ``budget_s``.
+    """
 
     population: int = 200
     islands: int = 2
-    generations: int = 40
+    generations: int | None = None
     budget_s: float = 60.0
     seed: int = 0
-    early_stop: int = 10
+    early_stop: int = 0
 
+
+#: Generations handed to an engine that needs a number when the search has no limit (the budget stops it).
+UNLIMITED_GENERATIONS = 1_000_000_000
 
 #: The defaults (read by :class:`SearchConfig`, ``DeapSettings``, ``OperonSettings``, ``PySRSettings``).
 DEFAULTS = SearchDefaults()
@@ -72,7 +84,10 @@ class SearchConfig:
     engines : tuple of str
         Engines run one after the other on a share of the budget.
     budget_s, generations, population, islands, seed, early_stop
-        See :class:`SearchDefaults`.
+        See :class:`SearchDefaults` (``generations`` None: unlimited).
+    target_transform : str
+        What the trees model: ``none``, ``efficiency[:FEATURE]`` or ``log``
+        (:mod:`search_spaces.transforms`); formulas and scores are always of the latency.
     workers, scheduler, processes
         Parallel evaluation: a dask LocalCluster, a running dask scheduler, or local processes.
     run_dir : str or None
@@ -94,7 +109,7 @@ class SearchConfig:
     fold: str | None = None
     engines: tuple[str, ...] = ("deap",)
     budget_s: float = DEFAULTS.budget_s
-    generations: int = DEFAULTS.generations
+    generations: int | None = DEFAULTS.generations
     population: int = DEFAULTS.population
     islands: int = DEFAULTS.islands
     seed: int = DEFAULTS.seed
@@ -106,6 +121,7 @@ class SearchConfig:
     resume: bool = False
     import_pysr: str | None = None
     cluster: str | None = None
+    target_transform: str = "none"
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -154,6 +170,14 @@ class SearchConfig:
                 raise StepMLError("--cluster applies to a search with --engine pysr only")
             if self.cluster not in CLUSTER_MANAGERS:
                 raise StepMLError(f"unknown --cluster '{self.cluster}'; valid: {', '.join(CLUSTER_MANAGERS)}")
+        from search_spaces.transforms import parse_transform
+
+        transform = parse_transform(self.target_transform)
+        if transform.kind != "none" and self.import_pysr is not None:
+            raise StepMLError("--target-transform applies to a search; an imported PySR hall of fame is read as "
+                              "latency formulas")
+        if transform.kind != "none" and "pysr" in self.engines:
+            raise StepMLError("--target-transform is not supported by the pysr engine (use deap or operon)")
         if self.import_pysr is None:
             check_engines(self.engines)  # e.g. PySR without Julia
         return self
@@ -163,6 +187,8 @@ class SearchConfig:
             raise StepMLError(f"--budget must be a positive number of seconds, got {self.budget_s!r}")
         for name, least in (("generations", 1), ("population", 2), ("islands", 1)):
             value = getattr(self, name)
+            if name == "generations" and value is None:
+                continue  # unlimited
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 what = "positive" if least == 1 else f">= {least}"
                 raise StepMLError(f"--{name} must be {what}, got {value!r}")
@@ -187,7 +213,10 @@ class SearchConfig:
     # -- what the engines get ---------------------------------------------------------------------
     def engine_settings(self, name: str, run_dir: Path | None = None) -> dict[str, Any]:
         """The settings mapping of one engine (its share of the budget, the shared sizes, its extras)."""
-        settings: dict[str, Any] = {"budget_s": self.budget_s / len(self.engines), "generations": self.generations,
+        generations = self.generations
+        if generations is None and name != "deap":
+            generations = UNLIMITED_GENERATIONS
+        settings: dict[str, Any] = {"budget_s": self.budget_s / len(self.engines), "generations": generations,
                                     "population": self.population, "islands": self.islands, "seed": self.seed}
         if name == "deap":
             settings["early_stop_generations"] = self.early_stop
@@ -199,5 +228,8 @@ class SearchConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The settings recorded in ``run.json``."""
+        from search_spaces.transforms import parse_transform
+
         return {"budget_s": self.budget_s, "generations": self.generations, "population": self.population,
-                "islands": self.islands, "early_stop": self.early_stop}
+                "islands": self.islands, "early_stop": self.early_stop,
+                "target_transform": parse_transform(self.target_transform).spec}

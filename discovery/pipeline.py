@@ -10,8 +10,11 @@ The phases, in order, each a function here:
    (:mod:`features.catalog`) when :func:`~discovery.candidate.build_problem`
    assembles the engines' :class:`~discovery.candidate.Problem`;
 3. :func:`search_problem`: the engines (:mod:`discovery.engines`), which score
-   with the shared objective (:mod:`search_spaces.objective`);
-4. :func:`rescore`: every candidate through the shared harness
+   with the shared objective (:mod:`search_spaces.objective`); features constant
+   over the training rows are left out first (noted in ``run.json``);
+4. :func:`~discovery.candidate.refine_candidates` refits every constant of every
+   engine's candidates (bounded Levenberg–Marquardt on the relative error), then
+   :func:`rescore`: every candidate through the shared harness
    (:mod:`evaluation.scorer`) on the validation and test parts, the validation
    front (:func:`search_spaces.objective.pareto_mask`) and PySR's score;
 5. the run directory (:mod:`discovery.rundir`): ``hall_of_fame.csv``,
@@ -188,7 +191,8 @@ def load_data(config: SearchConfig, space: "SearchSpace",
     data = config.data if config.data is not None else space.default_data
     if data is None:
         echo("data: bundled SYNTHETIC demo data (give --data PATH for real traces)")
-    target = config.target or (space.default_target if dataset_kind_is_steps(data) else None)
+    steps = config.colmap is None and dataset_kind_is_steps(data)  # a column map gives the table's own target
+    target = config.target or (space.default_target if steps else None)
     dataset = load_dataset(data, target, max_gap=config.max_gap, colmap=config.colmap,
                            skip_bad_lines=config.skip_bad_lines,
                            experiments=list(config.experiments) if config.experiments else None)
@@ -397,14 +401,20 @@ def _search_into(run_dir: Path, config: SearchConfig, dataset: "Dataset", splits
                  space: "SearchSpace", engines: Mapping[str, "SearchEngine"], imported: Any, info: dict[str, Any],
                  mapper: "Mapper | None", echo: Echo, progress: bool) -> tuple[list[HofRow], dict[str, Any]]:
     """The part of a search that writes: splits, the engines' checkpoints, the hall of fame, ``run.json``."""
-    from discovery.candidate import build_problem
+    from discovery.candidate import build_problem, refine_candidates
     from features.splits import save_splits
 
     info = dict(info, split_file=save_splits(splits, run_dir).name)
-    problem = build_problem(dataset, split, space, seed=config.seed)
-    echo(f"space: {space.name} ({len(problem.features)} features)   target: {dataset.target}   "
+    problem = build_problem(dataset, split, space, seed=config.seed, transform=config.target_transform)
+    info["target_transform"] = problem.transform.spec
+    info["dropped_features"] = {name: value for name, value in problem.dropped.items()}
+    echo(f"space: {space.name} ({len(problem.features)} features)   target: {dataset.target}"
+         f"{'' if problem.transform.kind == 'none' else f' (searched as {problem.transform.spec})'}   "
          f"split: {split.name} (train {len(split.train)}, val {len(split.val)}, test {len(split.test)})   "
          f"engine: {','.join(info['engines'])}   run: {run_dir}")
+    if problem.dropped:
+        echo("constant over the training rows, left out of the search: "
+             + ", ".join(f"{k} = {v:g}" for k, v in problem.dropped.items()))
     started = time.time()
     if imported is not None:
         candidates, stats = imported.candidates(problem), {"pysr": imported.stats()}
@@ -412,6 +422,7 @@ def _search_into(run_dir: Path, config: SearchConfig, dataset: "Dataset", splits
         bar = (lambda name: ProgressBar(name, config.generations, config.budget_s)) if progress else None
         candidates, stats = search_problem(problem, engines, mapper, bar, lambda s: save_checkpoint(run_dir, s),
                                            load_checkpoint(run_dir) if config.resume else None)
+    candidates = refine_candidates(candidates, problem)
     rows = rescore(candidates, dataset, split)
     write_hof(run_dir, rows)
     info = dict(info, wall_s=round(time.time() - started, 3), engine_stats=stats,
@@ -433,7 +444,7 @@ def summary_table(rows: Sequence[HofRow]) -> str:
 class ProgressBar:
     """A tqdm bar over one engine's generations (a context manager yielding the progress callback)."""
 
-    def __init__(self, engine: str, total: int, budget_s: float) -> None:
+    def __init__(self, engine: str, total: int | None, budget_s: float) -> None:
         self.engine, self.total, self.budget = engine, total, budget_s
         self.bar: Any = None
 
@@ -445,7 +456,7 @@ class ProgressBar:
 
     def update(self, generation: int, best_loss: float, front_size: int, elapsed_s: float,
                best_val_loss: float | None = None) -> None:
-        self.bar.n = min(generation, self.total)
+        self.bar.n = generation if self.total is None else min(generation, self.total)
         shown = f"best val MAPE {best_val_loss * 100:.2f}%" if best_val_loss is not None else \
             f"best train MAPE {best_loss * 100:.2f}%"
         self.bar.set_postfix_str(f"{shown}  front {front_size}  left {max(0.0, self.budget - elapsed_s):.0f}s",

@@ -58,7 +58,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
     engine : str
         Engine(s), comma-separated: ``deap``, ``operon``, ``pysr``.
     generations, population, islands : int
-        Search size (see :class:`discovery.config.SearchDefaults`).
+        Search size (see :class:`discovery.config.SearchDefaults`; ``generations`` None: until the budget).
     budget : float
         Wall-clock budget in seconds; a fit the budget stops is not reproducible.
     seed : int
@@ -84,7 +84,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
         Each engine's statistics.
     """
 
-    def __init__(self, space: str = "dense", engine: str = "deap", generations: int = DEFAULTS.generations,
+    def __init__(self, space: str = "dense", engine: str = "deap", generations: int | None = DEFAULTS.generations,
                  population: int = DEFAULTS.population, islands: int = DEFAULTS.islands,
                  budget: float = DEFAULTS.budget_s, seed: int = DEFAULTS.seed, early_stop: int = DEFAULTS.early_stop,
                  model_selection: str = "best") -> None:
@@ -106,6 +106,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> "StepTimeRegressor":
         """Search formulas for ``y`` from ``X``; returns self."""
+        from discovery.candidate import refine_candidates
         from discovery.engines import make_engine
         from discovery.pareto import SELECTIONS
         from discovery.pipeline import search_problem
@@ -119,6 +120,7 @@ class StepTimeRegressor(RegressorMixin, BaseEstimator):
             problem = self._problem(X, y, config)
             engines = {name: make_engine(name, config.engine_settings(name)) for name in config.engines}
             candidates, self.stats_ = search_problem(problem, engines)
+            candidates = refine_candidates(candidates, problem)
         except StepMLError as exc:
             raise ValueError(str(exc)) from None
         self.equations_ = _equations(candidates)

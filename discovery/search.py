@@ -32,17 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: the first fold)")
     p.add_argument("--engine", default="deap", help=f"engine(s), comma-separated: {', '.join(ENGINES)}")
     p.add_argument("--budget", type=float, default=d.budget_s,
-                   help=f"wall-clock budget in seconds (default {d.budget_s:g}); a run the budget stops is not "
-                        "reproducible: for that, bound it with --generations")
+                   help=f"wall-clock budget in seconds (default {d.budget_s:g}), spent in full unless --generations "
+                        "or --early-stop ends the search first; a run the budget stops is not reproducible: for "
+                        "that, bound it with --generations")
     p.add_argument("--generations", type=int, default=d.generations,
-                   help=f"maximum generations (default {d.generations})")
+                   help="maximum generations (default: no limit, the budget ends the search)")
     p.add_argument("--population", type=int, default=d.population,
                    help=f"population per island (default {d.population})")
     p.add_argument("--islands", type=int, default=d.islands, help=f"islands (default {d.islands})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--early-stop", type=int, default=d.early_stop, metavar="N",
-                   help=f"DEAP: stop after N generations without a better training loss (default {d.early_stop}; "
-                        "0 = use the whole budget or --generations)")
+                   help="DEAP: stop after N generations without a better training loss (default 0: never; "
+                        "the search uses the whole budget or --generations)")
+    p.add_argument("--target-transform", default="none", metavar="KIND",
+                   help="what the trees model: none (the latency), efficiency[:FEATURE] (the utilisation "
+                        "roofline time / latency; FEATURE default rl_bound, else op_bound) or log; formulas and "
+                        "scores are always of the latency")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--workers", type=int, default=None, help="start a dask LocalCluster with N workers")
     par.add_argument("--scheduler", default=None, help="join an existing dask cluster at tcp://HOST:PORT")
@@ -66,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         engine=args.engine, budget_s=args.budget, generations=args.generations, population=args.population,
         islands=args.islands, seed=args.seed, early_stop=args.early_stop, workers=args.workers,
         scheduler=args.scheduler, processes=args.processes, run_dir=args.run_dir, resume=args.resume,
-        import_pysr=args.import_pysr, cluster=args.cluster)
+        import_pysr=args.import_pysr, cluster=args.cluster, target_transform=args.target_transform)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

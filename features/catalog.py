@@ -17,7 +17,10 @@ Libraries: ``batch`` (composition), ``kv`` (KV lengths and attention work),
 ``moe`` (expert routing), ``arch`` (HF config), ``hardware`` (datasheet),
 ``roofline`` (physically motivated time terms in µs), ``physics`` (the
 cross-model basis of :mod:`features.physics`: bytes and FLOPs of one step at the
-hardware's peak rates, collective and layer counts, and the roofline lower bound).
+hardware's peak rates, collective and layer counts, and the roofline lower bound),
+``operator`` (an operator table's own work: the FLOPs and HBM bytes of one call
+on one GPU, ``op.flops`` and ``op.bytes``, which a column map derives from the
+table's columns, at the datasheet's peak rates).
 """
 from __future__ import annotations
 
@@ -211,6 +214,15 @@ def _declare() -> tuple[Feature, ...]:
           "2*arch__num_layers*log(arch__tp)/log(2)"),
         F("num_moe_layers", "layers", "layers whose MLP is a mixture of experts (0 for dense)", "simulator", "physics",
           f"arch__num_layers*Min(1, Max(0, {_E} - 1))"),
+        # -- operator tables: one call's own FLOPs and bytes (column maps), at peak rates ----------------
+        F("op_compute", "us", "the operator's FLOPs (op.flops, one GPU) at the datasheet's peak FLOP/s", "simulator",
+          "operator", "1e6*op__flops/hw__flops"),
+        F("op_memory", "us", "the operator's HBM bytes (op.bytes, one GPU) at the datasheet's peak bandwidth",
+          "simulator", "operator", "1e6*op__bytes/hw__hbm_bw"),
+        F("op_bound", "us", "the operator's roofline time: max(op_compute, op_memory)", "simulator", "operator",
+          "Max(1e6*op__flops/hw__flops, 1e6*op__bytes/hw__hbm_bw)"),
+        F("op_intensity", "FLOP/B", "arithmetic intensity of the operator: op.flops / op.bytes", "simulator",
+          "operator", "op__flops/op__bytes"),
     )
 
 

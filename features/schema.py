@@ -21,6 +21,10 @@ Column groups
 ``arch.*, hw.*``
     Per-experiment model architecture and hardware, joined from metadata
     (or mapped from a kernel table's columns).
+``op.flops, op.bytes``
+    An operator table's own work per call on one GPU: FLOPs and HBM bytes
+    (a column map derives them from the table's columns; the ``operator``
+    features of :mod:`features.catalog` put them at the datasheet's peak rates).
 ``target.*``
     Targets in µs: ``target.duration_us`` (``step.duration_us`` as recorded),
     ``target.cycle_us`` (cycle time, NaN where undefined) and
@@ -73,6 +77,12 @@ EXTRA_STEP_COLUMNS: dict[str, str] = {
     "kv.tokens_in_use": "float",
 }
 
+#: An operator table's work per call on one GPU (a column map derives them; the ``operator`` features read them).
+OPERATOR_COLUMNS: dict[str, str] = {
+    "op.flops": "float",
+    "op.bytes": "float",
+}
+
 GROUP_COLUMNS: dict[str, str] = {
     "experiment_id": "str",
     "model": "str",
@@ -117,7 +127,7 @@ class ColumnSpec:
 def canonical_dtypes() -> dict[str, str]:
     """All canonical column names mapped to their dtype kind (``int``, ``float``, ``str``)."""
     out: dict[str, str] = {}
-    for table in (BATCH_SUMMARY_COLUMNS, EXTRA_STEP_COLUMNS, GROUP_COLUMNS, TARGET_COLUMNS):
+    for table in (BATCH_SUMMARY_COLUMNS, EXTRA_STEP_COLUMNS, OPERATOR_COLUMNS, GROUP_COLUMNS, TARGET_COLUMNS):
         out.update(table)
     return out
 
@@ -145,7 +155,7 @@ def coerce_columns(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     out = frame.copy()
     for name in out.columns:
         kind = kinds.get(name)
-        if kind is None and (name.startswith("arch.") or name.startswith("hw.")):
+        if kind is None and name.startswith(("arch.", "hw.")):
             kind = "float"
         if kind is None:
             continue
@@ -253,6 +263,8 @@ def describe_columns() -> Mapping[str, ColumnSpec]:
         "target.duration_us": "step.duration_us as recorded (not the step's wall time)",
         "target.cycle_us": "Δts_start / Δstep.id to the next sampled step (µs)",
         "target.cycle_gap": "step-id gap the cycle time was measured over",
+        "op.flops": "the operator's FLOPs per call on one GPU (operator tables)",
+        "op.bytes": "the operator's HBM bytes per call on one GPU (operator tables)",
     }
     return {name: ColumnSpec(name, kind, docs.get(name, "")) for name, kind in canonical_dtypes().items()}
 

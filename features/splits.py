@@ -19,6 +19,12 @@ Specs (the ``--split`` values):
     Leave one model / workload out: one fold per value.
 ``logo:COLUMN``
     Leave one group out on any column (e.g. ``logo:shape`` for MoE shapes).
+``largest:COLUMN[:FRACTION]``
+    Extrapolation: the rows with the largest values of a numeric column (the
+    top FRACTION of rows, default 0.2, ties kept together) are the test part;
+    of the rest, the largest 25 % are the validation part (so selection
+    favours formulas that carry over to larger sizes) and the remainder is the
+    training part.
 
 In a leave-one-out or K-fold fold the held-out groups are the test part; the
 remaining rows are split temporally 75/25 within each experiment into train
@@ -38,7 +44,9 @@ TEMPORAL = (0.6, 0.2, 0.2)
 FOLD_TRAIN_SHARE = 0.75
 DEFAULT_FOLDS = 5
 NAMED_GROUPS = {"lomo": "model", "lowo": "workload"}
-VALID_SPECS = "temporal, random, kfold[:K[:COLUMN]], lomo, lowo, logo:COLUMN"
+VALID_SPECS = "temporal, random, kfold[:K[:COLUMN]], lomo, lowo, logo:COLUMN, largest:COLUMN[:FRACTION]"
+#: Default test share of ``largest:COLUMN``.
+LARGEST_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,50 @@ def kfold_splits(frame: pd.DataFrame, k: int = DEFAULT_FOLDS, column: str = "exp
     return [held_out_fold(frame, assigned == f, spec, str(f + 1), data_hash) for f in range(k)]
 
 
+def _top(values: np.ndarray, rows: np.ndarray, share: float) -> np.ndarray:
+    """Of ``rows``, those holding the largest ``share`` of values (at least one; ties with the cut included)."""
+    if not len(rows):
+        return rows
+    ordered = np.sort(values[rows])[::-1]
+    cut = ordered[min(len(ordered) - 1, max(1, int(np.ceil(share * len(ordered) - 1e-9))) - 1)]
+    return rows[values[rows] >= cut]
+
+
+def largest_split(frame: pd.DataFrame, column: str, share: float = LARGEST_SHARE, spec: str = "",
+                  data_hash: str = "") -> Split:
+    """Test part: the rows with the largest ``column`` values (``share`` of the rows, ties together);
+    validation: the largest 25 % of the rest; training: the remainder."""
+    spec = spec or f"largest:{column}"
+    if column not in frame.columns:
+        raise StepMLError(f"split '{spec}': unknown column '{column}'; valid: {', '.join(map(str, frame.columns))}")
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+    if not np.all(np.isfinite(values)):
+        raise StepMLError(f"split '{spec}': column '{column}' must hold finite numbers on every row")
+    if not 0 < share < 1:
+        raise StepMLError(f"split '{spec}': FRACTION must be in (0, 1), got {share}")
+    rows = np.arange(len(frame))
+    test = _top(values, rows, share)
+    rest = np.setdiff1d(rows, test)
+    val = _top(values, rest, 1 - FOLD_TRAIN_SHARE)
+    train = np.setdiff1d(rest, val)
+    if not len(train) or not len(val):
+        raise StepMLError(f"split '{spec}': column '{column}' has too few distinct values to hold out its largest "
+                          "rows and keep training and validation rows")
+    return Split(spec, "", np.sort(train), np.sort(val), np.sort(test), data_hash)
+
+
+def _largest_spec(spec: str) -> tuple[str, float]:
+    parts = spec.split(":")
+    if len(parts) > 3 or not parts[1]:
+        raise StepMLError(f"split '{spec}': expected largest:COLUMN[:FRACTION]")
+    if len(parts) == 3:
+        try:
+            return parts[1], float(parts[2])
+        except ValueError:
+            raise StepMLError(f"split '{spec}': FRACTION must be a number (largest:COLUMN:0.2)") from None
+    return parts[1], LARGEST_SHARE
+
+
 def _kfold_spec(spec: str) -> tuple[int, str]:
     parts = spec.split(":", 2)
     k = DEFAULT_FOLDS
@@ -180,6 +232,9 @@ def make_splits(frame: pd.DataFrame, spec: str = "temporal", data_hash: str = ""
         return group_folds(frame, NAMED_GROUPS[spec], spec, data_hash)
     if spec.startswith("logo:") and len(spec) > 5:
         return group_folds(frame, spec[5:], spec, data_hash)
+    if spec.startswith("largest:"):
+        column, share = _largest_spec(spec)
+        return [largest_split(frame, column, share, spec, data_hash)]
     raise StepMLError(f"unknown split '{spec}'; valid: {VALID_SPECS}")
 
 

@@ -13,9 +13,10 @@ For the raw output ``f`` of a tree (DEAP, Operon), :class:`Objective`
    weights, or 1), :func:`linear_scaling`;
 2. **constant fitting** (:meth:`Objective.fit`, when the tree has numeric
    constants): Levenberg–Marquardt (``scipy.optimize.least_squares(method="lm")``)
-   on the constants with ``a, b`` re-solved in closed form at every step
-   (variable projection), at most ``max_nfev`` evaluations; kept only if it
-   lowers the error;
+   on every constant of the tree, inside any operator, with ``a, b`` re-solved
+   in closed form at every step (variable projection), at most ``max_nfev``
+   evaluations on at most :data:`FIT_ROWS` training rows (a fixed subsample);
+   kept only if it lowers the error on all rows;
 3. **mean relative error** ``Σ w·|pred − y| / y / Σ w`` of ``pred = b + a·f``,
    a *fraction* (:func:`relative_error`); NaN, ±inf or ``pred <= 0`` on any
    row gives ``inf``;
@@ -30,7 +31,20 @@ For the raw output ``f`` of a tree (DEAP, Operon), :class:`Objective`
    FLOP/s and bandwidth allow) is added to the violation.
 
 A finished formula (an engine's candidate, a PySR equation) is measured the
-same way without steps 1–2 (:meth:`Objective.formula_loss`).
+same way without steps 1–2 (:meth:`Objective.formula_loss`); at rescoring
+every numeric constant of it (inside any operator) is refined by
+Levenberg–Marquardt on the relative error, bounded in evaluations, and the
+result kept only if its loss is lower (:meth:`Objective.refine`).
+
+Target transforms
+-----------------
+With a target transform (:mod:`search_spaces.transforms`: ``efficiency``, the
+utilisation ``roofline time / latency``; ``log``) the tree models the
+transformed target ``t``: steps 1–2 fit ``a·f + b`` to ``t`` (relative
+residuals ``(a·f + b − t)/t``, or absolute ones in log space), while the loss
+of steps 3–4 is always that of the *latency* prediction
+``inverse(a·f + b)`` (``roofline / (a·f + b)`` or ``exp(a·f + b)``), the
+probe and roofline-floor checks included.
 
 Units: losses are fractions inside the code; ``hall_of_fame.csv`` and every
 table shown to a user give them in percent, like the validation and test
@@ -51,14 +65,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, 
 import numpy as np
 
 from features.errors import StepMLError
+from search_spaces.transforms import NONE
 
 if TYPE_CHECKING:
     import sympy
 
     from discovery.candidate import Problem
 
-__all__ = ["CONST_RIDGE", "PENALTY", "PROBE_RTOL", "Fit", "Objective", "complexity", "constrained_loss",
-           "linear_scaling", "pareto_front", "pareto_mask", "relative_error", "violation_fraction"]
+__all__ = ["CONST_RIDGE", "PENALTY", "PROBE_RTOL", "REFINE_MAX_NFEV", "Fit", "Objective", "complexity",
+           "constrained_loss", "linear_scaling", "pareto_front", "pareto_mask", "relative_error", "violation_fraction"]
 
 #: Relative slack of the monotonicity check: ``pred(hi) < pred(lo) − PROBE_RTOL·|pred(lo)|`` violates.
 PROBE_RTOL = 1e-9
@@ -70,6 +85,10 @@ CONST_RIDGE = 1e-8
 _FD_STEP = math.sqrt(np.finfo(float).eps)
 #: Residual standing in for a non-finite one during the constant fit.
 _BAD_RESIDUAL = 1e3
+#: Evaluations (Jacobian columns included) per constant of :meth:`Objective.refine` (its bound: iterations).
+REFINE_MAX_NFEV = 40
+#: Training rows the in-search constant fit uses (a fixed subsample of larger problems; scaling and loss use all).
+FIT_ROWS = 512
 
 
 # =============================================================================== pure pieces
@@ -159,8 +178,9 @@ class Fit(NamedTuple):
 
     ``loss`` is the selection loss (constraint applied), ``mre`` the plain
     training mean relative error, ``violation`` the probe fraction; ``evals``
-    counts evaluations of the tree on the training rows and ``probe_rows`` the
-    probe rows evaluated.
+    counts evaluations of the tree (on all training rows, or on the constant
+    fit's rows), ``rows`` the rows evaluated over all of them and ``probe_rows``
+    the probe rows evaluated.
     """
 
     consts: list[float]
@@ -171,6 +191,7 @@ class Fit(NamedTuple):
     violation: float
     evals: int
     probe_rows: int
+    rows: int = 0
 
 
 class Objective:
@@ -179,7 +200,8 @@ class Objective:
     Parameters
     ----------
     problem : Problem
-        Features, training rows and weights, probe pairs, and the space's constraint mode.
+        Features, training rows and weights, probe pairs, the space's constraint mode and the
+        target transform (``problem.transform``, with the roofline time per row ``problem.scale_train``).
     max_nfev : int
         ``least_squares`` evaluations for constants in :meth:`fit` (0 = linear scaling only).
 
@@ -189,7 +211,12 @@ class Objective:
     X : tuple of arrays
         Training feature columns, in ``features`` order.
     y, w : array
-        Training target; weights (None = every row counts once).
+        Training target (the latency); weights (None = every row counts once).
+    transform : TargetTransform
+    t : array
+        The transformed target the trees model (``y`` without a transform).
+    s : array or None
+        The roofline time per training row (``efficiency``), else None.
     mode : str
         The constraint mode.
     probe_sizes : tuple of int
@@ -214,6 +241,17 @@ class Objective:
             raise StepMLError("training weights must be finite, >= 0, not all zero and match the target")
         self.w = w
         self.mode = problem.space.constraint_mode
+        self.transform = getattr(problem, "transform", None) or NONE
+        scaled = self.transform.needs_scale
+        self.s = np.ascontiguousarray(problem.scale_train, dtype=np.float64) if scaled else None
+        if scaled and (self.s is None or self.s.shape != self.y.shape):
+            raise StepMLError(f"target transform {self.transform.spec}: the roofline time of the training rows is "
+                              "missing or differs in length from the target")
+        with np.errstate(all="ignore"):
+            self.t = np.ascontiguousarray(self.transform.forward(self.y, self.s), dtype=np.float64)
+        if not (np.all(np.isfinite(self.t)) and (not self.transform.relative or np.all(self.t > 0))):
+            raise StepMLError(f"target transform {self.transform.spec}: the transformed target is not finite and > 0")
+        columns = features + ((str(self.transform.feature),) if scaled else ())
         lo_blocks: list[list[np.ndarray]] = []
         hi_blocks: list[list[np.ndarray]] = []
         sizes = []
@@ -223,12 +261,15 @@ class Objective:
                 n = len(lo[features[0]]) if features else 0
                 if n == 0:
                     continue
-                lo_blocks.append([np.asarray(lo[f], dtype=np.float64) for f in features])
-                hi_blocks.append([np.asarray(hi[f], dtype=np.float64) for f in features])
+                lo_blocks.append([np.asarray(lo[f], dtype=np.float64) for f in columns])
+                hi_blocks.append([np.asarray(hi[f], dtype=np.float64) for f in columns])
                 sizes.append(n)
         self.probe_sizes = tuple(sizes)
-        self.P = tuple(np.ascontiguousarray(np.concatenate([b[j] for b in lo_blocks] + [b[j] for b in hi_blocks]))
-                       for j in range(len(features))) if sizes else ()
+        stacked = tuple(np.ascontiguousarray(np.concatenate([b[j] for b in lo_blocks] + [b[j] for b in hi_blocks]))
+                        for j in range(len(columns))) if sizes else ()
+        self.P = stacked[:len(features)]
+        #: The roofline time on the probe rows (``efficiency``; same order as ``P``), else None.
+        self.P_scale = stacked[len(features)] if scaled and sizes else None
         self.max_nfev = int(max_nfev)
         floor = getattr(problem, "floor_train", None)
         self.floor = None if floor is None or self.mode == "off" else np.ascontiguousarray(floor, dtype=np.float64)
@@ -239,14 +280,30 @@ class Objective:
     # -- derived state (rebuilt after unpickling) -----------------------------------------------
     def _setup(self) -> None:
         w = np.ones_like(self.y) if self.w is None else self.w
+        t = self.t
         self._wsum = float(np.sum(w))
         self._wn = w / self._wsum  # normalised weights of the mean relative error
-        self._u = w / (self.y * self.y)  # weights of the squared relative residual
+        # weights of the squared residual in the transformed space: relative (w / t²) or absolute (log space)
+        self._u = w / (t * t) if self.transform.relative else w / self._wsum
         self._su = float(np.sum(self._u))
-        self._ym = float(np.dot(self._u, self.y)) / self._su
-        self._yc = self.y - self._ym
-        self._rel_scale = np.sqrt(w / self._wsum) / self.y  # Σ r² = weighted mean squared relative error
+        self._ym = float(np.dot(self._u, t)) / self._su
+        self._yc = t - self._ym
+        # Σ r² = weighted mean squared (relative) residual of the transformed target
+        self._rel_scale = np.sqrt(w / self._wsum) / (t if self.transform.relative else 1.0)
+        self._lat_scale = np.sqrt(w / self._wsum) / self.y  # the same for the latency (refine)
         self._bad = np.full(self.y.shape, _BAD_RESIDUAL)
+        # the constant fit's rows: all, or a fixed subsample (the same for every tree, every process)
+        n = self.n_rows
+        rows = np.arange(n) if n <= FIT_ROWS else np.sort(np.random.default_rng(0).choice(n, FIT_ROWS, replace=False))
+        wf, tf = w[rows], t[rows]
+        self._fit_X = tuple(np.ascontiguousarray(x[rows]) for x in self.X)
+        self._fit_t = tf
+        self._fit_u = wf / (tf * tf) if self.transform.relative else wf / float(np.sum(wf))
+        self._fit_su = float(np.sum(self._fit_u))
+        self._fit_ym = float(np.dot(self._fit_u, tf)) / self._fit_su
+        self._fit_yc = tf - self._fit_ym
+        self._fit_sw = np.sqrt(wf / float(np.sum(wf))) / (tf if self.transform.relative else 1.0)
+        self._fit_bad = np.full(rows.shape, _BAD_RESIDUAL)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -262,19 +319,42 @@ class Objective:
         return int(self.y.shape[0])
 
     def scale(self, f: np.ndarray) -> tuple[float, float]:
-        """:func:`linear_scaling` of raw outputs ``f`` on the training rows."""
+        """:func:`linear_scaling` of raw outputs ``f`` to the (transformed) target on the training rows."""
         return _scale(f, self._u, self._su, self._ym, self._yc)
+
+    def latency(self, z: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+        """Latency predictions of transformed-space values ``z`` (``scale``: the rows' roofline time,
+        default the training rows')."""
+        if self.transform.kind == "none":
+            return z
+        return self.transform.inverse(z, self.s if scale is None else scale)
 
     def mre(self, pred: np.ndarray) -> float:
         """Training mean relative error of predictions (weighted; a fraction)."""
         return relative_error(pred, self.y, self._wn)
 
+    @property
+    def formula_features(self) -> tuple[str, ...]:
+        """Features a finished (latency) formula may read: the search's, and the roofline time of ``efficiency``."""
+        extra = str(self.transform.feature) if self.s is not None else None
+        return self.features + ((extra,) if extra is not None and extra not in self.features else ())
+
+    def formula_data(self) -> dict[str, np.ndarray]:
+        """The training columns of :attr:`formula_features`."""
+        data = dict(zip(self.features, self.X))
+        if self.s is not None:
+            data.setdefault(str(self.transform.feature), self.s)
+        return data
+
     def probe_pairs(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """The probe pairs per axis as (lo features, hi features) dicts."""
+        """The probe pairs per axis as (lo features, hi features) dicts (with the roofline time of ``efficiency``)."""
         out, start, m = [], 0, sum(self.probe_sizes)
+        columns = list(zip(self.features, self.P))
+        if self.P_scale is not None and str(self.transform.feature) not in self.features:
+            columns.append((str(self.transform.feature), self.P_scale))
         for k in self.probe_sizes:
-            lo = {f: col[start:start + k] for f, col in zip(self.features, self.P)}
-            hi = {f: col[m + start:m + start + k] for f, col in zip(self.features, self.P)}
+            lo = {f: col[start:start + k] for f, col in columns}
+            hi = {f: col[m + start:m + start + k] for f, col in columns}
             out.append((lo, hi))
             start += k
         return out
@@ -288,6 +368,16 @@ class Objective:
             start += k
         return pairs
 
+    def _probe_latency(self, a: float, b: float,
+                       outputs: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """Latency predictions on the probe pairs from raw tree outputs per axis."""
+        if self.transform.kind == "none":
+            return ((a * lo + b, a * hi + b) for lo, hi in outputs)
+        scales = self.split_probes(self.P_scale) if self.P_scale is not None else None
+        return ((self.latency(a * lo + b, None if scales is None else scales[i][0]),
+                 self.latency(a * hi + b, None if scales is None else scales[i][1]))
+                for i, (lo, hi) in enumerate(outputs))
+
     # -- losses ---------------------------------------------------------------------------------
     def scaled_loss(self, f: np.ndarray,
                     probe_outputs: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
@@ -300,13 +390,14 @@ class Objective:
         if not np.all(np.isfinite(f)):
             return 0.0, 0.0, math.inf, math.inf, 1.0
         a, b, mre = scaled if scaled is not None else (*self.scale(f), math.nan)
+        pred = self.latency(a * f + b)
         if scaled is None:
-            mre = self.mre(a * f + b)
+            mre = self.mre(pred)
         violation = 0.0
         if self.probe_sizes and probe_outputs is not None and math.isfinite(mre):
-            violation = violation_fraction((a * lo + b, a * hi + b) for lo, hi in probe_outputs())
+            violation = violation_fraction(self._probe_latency(a, b, probe_outputs()))
         if math.isfinite(mre):
-            violation = min(1.0, violation + self.below_floor(a * f + b))
+            violation = min(1.0, violation + self.below_floor(pred))
         return a, b, constrained_loss(mre, violation, self.mode), mre, violation
 
     def below_floor(self, pred: np.ndarray) -> float:
@@ -319,7 +410,7 @@ class Objective:
         """(loss, plain MRE, violation fraction) of a finished formula: ``predict`` maps feature columns
         to predictions (no scaling, no constant fit)."""
         with np.errstate(all="ignore"):
-            pred = np.asarray(predict(dict(zip(self.features, self.X))), dtype=np.float64)
+            pred = np.asarray(predict(self.formula_data()), dtype=np.float64)
             mre = self.mre(pred)
             violation = 0.0
             if self.probe_sizes and math.isfinite(mre):
@@ -341,49 +432,57 @@ class Objective:
         with np.errstate(all="ignore"):
             f = self.run(fn, consts, self.X, n)
             if not np.all(np.isfinite(f)):
-                return Fit(consts, 0.0, 0.0, math.inf, math.inf, 1.0, evals, 0)
+                return Fit(consts, 0.0, 0.0, math.inf, math.inf, 1.0, evals, 0, n)
             a, b = self.scale(f)
-            mre = self.mre(a * f + b)
+            mre = self.mre(self.latency(a * f + b))
+            rows = n
             if consts and self.max_nfev > 0:
                 fitted, calls = self.fit_constants(fn, consts)
                 evals += calls
+                rows += calls * self._fit_t.shape[0]
                 if fitted is not None:
                     f2 = self.run(fn, fitted, self.X, n)
                     evals += 1
+                    rows += n
                     if np.all(np.isfinite(f2)):
                         a2, b2 = self.scale(f2)
-                        mre2 = self.mre(a2 * f2 + b2)
+                        mre2 = self.mre(self.latency(a2 * f2 + b2))
                         if mre2 < mre:
                             consts, f, a, b, mre = fitted, f2, a2, b2, mre2
             probe_rows = 2 * sum(self.probe_sizes) if self.probe_sizes and math.isfinite(mre) else 0
             final = consts
             a, b, loss, mre, violation = self.scaled_loss(
                 f, lambda: self.split_probes(self.run(fn, final, self.P, probe_rows)), (a, b, mre))
-        return Fit(consts, a, b, loss, mre, violation, evals, probe_rows)
+        return Fit(consts, a, b, loss, mre, violation, evals, probe_rows, rows)
 
     def fit_constants(self, fn: Callable[..., Any], consts: list[float]) -> tuple[list[float] | None, int]:
         """Levenberg–Marquardt (``least_squares(method="lm")``) on the constants, ``a, b`` projected out.
 
-        The residuals are the relative errors scaled by ``sqrt(w / Σw)`` plus a tiny ridge
+        The residuals are the relative errors of the (transformed) target (absolute ones in log
+        space) scaled by ``sqrt(w / Σw)`` plus a tiny ridge
         ``sqrt(CONST_RIDGE)·(c − c₀)/max(1, |c₀|)`` that pins the directions the fit does not
         determine (an additive constant or a common factor of the tree, absorbed by ``a, b``).
-        Returns (the constants, or None when the fit failed or changed nothing; evaluations made).
+        On a problem with more than :data:`FIT_ROWS` training rows the fit uses a
+        fixed subsample of them (the scaling and the loss that decide whether the
+        fit is kept use every row). Returns (the constants, or None when the fit
+        failed or changed nothing; evaluations made on the fit's rows).
         """
         from scipy.optimize import least_squares
 
         calls = 0
-        n = self.n_rows
-        u, su, ym, yc, y, sw = self._u, self._su, self._ym, self._yc, self.y, self._rel_scale
+        X = self._fit_X
+        n = self._fit_t.shape[0]
+        u, su, ym, yc, y, sw = self._fit_u, self._fit_su, self._fit_ym, self._fit_yc, self._fit_t, self._fit_sw
         c0 = np.asarray(consts, dtype=np.float64)
         k = c0.shape[0]
         ridge = math.sqrt(CONST_RIDGE) / np.maximum(1.0, np.abs(c0))
-        bad = np.concatenate([self._bad, np.zeros(k)])
+        bad = np.concatenate([self._fit_bad, np.zeros(k)])
         last: list[Any] = [None, None]
 
         def residual(c: np.ndarray) -> np.ndarray:
             nonlocal calls
             calls += 1
-            f = self.run(fn, c, self.X, n)
+            f = self.run(fn, c, X, n)
             a, b = _scale(f, u, su, ym, yc)
             r = np.concatenate([sw * (a * f + b - y), ridge * (c - c0)])
             if not math.isfinite(float(np.dot(r, r))):
@@ -408,6 +507,66 @@ class Objective:
         if not all(math.isfinite(v) for v in c) or c == consts:
             return None, calls
         return c, calls
+
+    def refine(self, expr: "sympy.Expr",
+               max_nfev_per_constant: int = REFINE_MAX_NFEV) -> tuple["sympy.Expr", float]:
+        """Refit every numeric constant of a finished latency formula; returns (formula, loss).
+
+        Every occurrence of a float in the formula (a scale, an offset, a
+        constant inside ``sqrt``, ``max``, a divisor …; integers and exponents
+        stay) is a parameter of Levenberg–Marquardt
+        (``least_squares(method="lm")``, forward-difference Jacobian, at most
+        ``max_nfev_per_constant × (k + 1)`` evaluations for ``k`` constants) on the
+        relative errors of the latency, weighted by ``sqrt(w / Σw)``. The refitted
+        formula is kept only when its loss (:meth:`formula_loss`, constraints
+        included) is lower; otherwise ``expr`` and its loss are returned.
+        Deterministic: the same formula and data give the same constants.
+        """
+        import sympy
+        from scipy.optimize import least_squares
+
+        from search_spaces.numeric import lambdify_formula
+
+        features = self.formula_features
+        loss0 = self.formula_loss(lambdify_formula(expr, features))[0]
+        names: list[str] = []
+        start: list[float] = []
+
+        def parametrise(e: Any) -> Any:
+            if isinstance(e, sympy.Float):
+                names.append(f"refine_c{len(names)}")
+                start.append(float(e))
+                return sympy.Symbol(names[-1])
+            if not e.args:
+                return e
+            return e.func(*[parametrise(a) for a in e.args])
+
+        body = parametrise(expr)
+        k = len(names)
+        if k == 0 or k > self.n_rows or max_nfev_per_constant <= 0 or not math.isfinite(loss0):
+            return expr, loss0
+        fn = lambdify_formula(body, features + tuple(names))
+        data = self.formula_data()
+        n, y, sw = self.n_rows, self.y, self._lat_scale
+
+        def residual(c: np.ndarray) -> np.ndarray:
+            for name, value in zip(names, c):
+                data[name] = np.full(n, value)
+            with np.errstate(all="ignore"):
+                r = sw * (np.asarray(fn(data), dtype=np.float64) - y)
+            return r if np.all(np.isfinite(r)) else self._bad
+
+        try:
+            fit = least_squares(residual, np.asarray(start), method="lm", x_scale="jac",
+                                max_nfev=max_nfev_per_constant * (k + 1))
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            return expr, loss0
+        values = [float(v) for v in fit.x]
+        if values == start or not all(math.isfinite(v) for v in values):
+            return expr, loss0
+        fitted = body.xreplace({sympy.Symbol(name): sympy.Float(v) for name, v in zip(names, values)})
+        loss = self.formula_loss(lambdify_formula(fitted, features))[0]
+        return (fitted, loss) if loss < loss0 else (expr, loss0)
 
 
 # =============================================================================== complexity and front

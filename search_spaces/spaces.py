@@ -26,6 +26,10 @@ PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linea
            "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_bound", "n_allreduce", "allreduce_rounds",
            "num_layers",
            "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
+#: Operator tables: sizes that vary between kernels, the roofline terms they can compute, the operator's own.
+KERNEL_ARCH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "tp")
+KERNEL_ROOFLINE = ("rl_expert_compute", "rl_expert_weights", "rl_attn_compute", "rl_kv_read")
+OPERATOR = ("op_compute", "op_memory", "op_bound", "op_intensity")
 ARITHMETIC = ("add", "sub", "mul", "div")
 #: Features a step-time formula must not decrease in (checked on probe pairs).
 MONOTONE = ("prefill_tokens", "decode_tokens", "kv_tokens")
@@ -122,6 +126,14 @@ def _declare() -> tuple[SearchSpace, ...]:
                 "c0 + c1*rl_memory + c2*rl_prefill_compute + c3*num_layers + c4*n_allreduce + c5*batch_size",
                 "c0 + c1*max(rl_memory, rl_linear_compute) + c2*num_layers + c3*n_allreduce",
                 "c0 + c1*rl_weight_read + c2*rl_kv_read + c3*rl_prefill_compute + c4*num_layers")),
+        SearchSpace(
+            "kernel", "operator tables (GEMM, attention, MoE, MLP kernels through a column map): token, batch and "
+                      "KV counts, layer sizes, routing, and the operator's own roofline terms (op.flops and op.bytes "
+                      "at peak rates), with division, square root and log1p",
+            BATCH + KV + KERNEL_ARCH + MOE + KERNEL_ROOFLINE + OPERATOR,
+            ARITHMETIC + ("max", "min", "square", "sqrt", "log1p"), max_size=25, max_depth=6,
+            seed_formulas=("c0 + c1*op_bound", "c0 + c1*op_compute + c2*op_memory",
+                           "c0 + c1*max(op_compute, op_memory) + c2*scheduled_tokens")),
         SearchSpace(
             "linear", "the simulator's blackbox shape (c0 + c1·prefill + c2·decode), as a sanity check",
             ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2, roofline_floor=False,

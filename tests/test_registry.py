@@ -30,7 +30,7 @@ def test_a_name_declared_twice_is_an_error():
 
 @pytest.mark.parametrize("lookup, message", [
     ("discovery.engines:make_engine", "unknown engine 'x'; valid: deap, operon, pysr"),
-    ("search_spaces.spaces:get_space", "unknown search space 'x'; valid: dense, moe, roofline, physics, linear"),
+    ("search_spaces.spaces:get_space", "unknown search space 'x'; valid: dense, moe, roofline, physics, kernel, linear"),
     ("features.catalog:get_feature", "unknown feature 'x'; valid: prefill_tokens"),
     ("evaluation.baselines:make_baseline", "unknown baseline 'x'; valid: naive, blackbox"),
 ])

@@ -76,7 +76,7 @@ def test_review_of_a_non_run_is_an_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--space", "nope"], "valid: dense, moe, roofline, physics, linear"),
+    (["--space", "nope"], "valid: dense, moe, roofline, physics, kernel, linear"),
     (["--space", "linear", "--engine", "nope"], "unknown engine 'nope'; valid: deap"),
     (["--space", "linear", "--data", "/no/such/file.parquet"], "data not found"),
     (["--space", "linear", "--split", "bogus"], "unknown split 'bogus'"),

@@ -247,7 +247,8 @@ def test_bad_column_maps_are_errors(tmp_path, text, message):
 
 
 def test_unknown_map_name_lists_the_shipped_ones(tmp_path):
-    with pytest.raises(StepMLError, match=r"unknown column map 'nope'; shipped: moe_perf, vidur_mlp"):
+    with pytest.raises(StepMLError, match=r"unknown column map 'nope'; shipped: context_attention_perf, gemm_perf, "
+                       r"generation_attention_perf, moe_perf, vidur_mlp, vidur_mlp_ops"):
         resolve_map("nope")
     with pytest.raises(StepMLError, match=r"unknown column map"):
         resolve_map(tmp_path / "absent.toml")

@@ -93,8 +93,8 @@ class DeapSettings:
     ----------
     population : int
         Individuals per island.
-    generations : int
-        Generations after the initial one (generation 0).
+    generations : int or None
+        Generations after the initial one (generation 0); None = no limit (the budget stops the search).
     islands : int
     migration_interval : int
         Generations between ring migrations (0 = never).
@@ -114,7 +114,8 @@ class DeapSettings:
     tournament_size : int
         Parent tournament on (NSGA-II rank, −crowding distance).
     nsga2_nd : str
-        Non-dominated sort of ``deap.tools.selNSGA2``: ``standard`` or ``log``.
+        Non-dominated sort of ``deap.tools.selNSGA2``: ``log`` (default; the same fronts as ``standard``,
+        about 30 times faster on 400 individuals with two objectives) or ``standard``.
     init_min_depth, init_max_depth : int
         Height range of the ramped half-and-half initial trees (capped by ``space.max_depth``).
     mutation_max_depth : int
@@ -127,7 +128,7 @@ class DeapSettings:
     """
 
     population: int = DEFAULTS.population
-    generations: int = DEFAULTS.generations
+    generations: int | None = DEFAULTS.generations
     islands: int = DEFAULTS.islands
     migration_interval: int = 5
     migration_size: int = 5
@@ -138,7 +139,7 @@ class DeapSettings:
     mutation_prob: float = 0.4
     mutation_weights: tuple[float, float, float, float] = (0.4, 0.3, 0.2, 0.1)
     tournament_size: int = 2
-    nsga2_nd: str = "standard"
+    nsga2_nd: str = "log"
     init_min_depth: int = 1
     init_max_depth: int = 3
     mutation_max_depth: int = 2
@@ -152,7 +153,7 @@ class DeapSettings:
             problems.append(f"population must be >= 2 (got {self.population})")
         if self.islands < 1:
             problems.append(f"islands must be >= 1 (got {self.islands})")
-        if self.generations < 0:
+        if self.generations is not None and self.generations < 0:
             problems.append(f"generations must be >= 0 (got {self.generations})")
         if self.migration_interval < 0 or self.migration_size < 0:
             problems.append("migration_interval and migration_size must be >= 0")
@@ -270,7 +271,7 @@ class _Run:
         import hashlib
 
         objective = self.evaluator.objective
-        digest = hashlib.sha256(objective.y.tobytes())
+        digest = hashlib.sha256(objective.t.tobytes())
         for column in objective.X:
             digest.update(column.tobytes())
         keep = ("population", "islands", "seed", "crossover_prob", "mutation_prob", "mutation_weights",
@@ -278,6 +279,7 @@ class _Run:
         fingerprint = {"features": self.evaluator.symbols, "operators": tuple(self.space.operators),
                        "max_size": self.var.max_size, "max_depth": self.var.max_depth,
                        "constraint_mode": objective.mode, "data": digest.hexdigest()[:16],
+                       "transform": objective.transform.spec,
                        "settings": {k: v for k, v in asdict(self.s).items() if k in keep}}
         self._fp = json.loads(json.dumps(fingerprint))  # the form it has after a JSON checkpoint
         return self._fp
@@ -332,7 +334,8 @@ class _Run:
         y = np.asarray(self.problem.y_val, dtype=np.float64)
         X = [np.asarray(self.problem.X_val[f], dtype=np.float64) for f in self.problem.features]
         with np.errstate(all="ignore"):
-            pred = r.a * ev.objective.run(ev.compile(nodes), consts, X, y.shape[0]) + r.b
+            z = r.a * ev.objective.run(ev.compile(nodes), consts, X, y.shape[0]) + r.b
+            pred = self.problem.transform.inverse(z, self.problem.scale_val)
         return relative_error(pred, y)
 
     def _front_size(self) -> int:
@@ -450,7 +453,7 @@ class _Run:
 
     def _stop_reason(self) -> str | None:
         s = self.s
-        if self.generation >= s.generations:
+        if s.generations is not None and self.generation >= s.generations:
             return "generations"
         if s.early_stop_generations and self.stall >= s.early_stop_generations:
             return "early_stop"
@@ -501,12 +504,12 @@ class _Run:
         return pareto_front(raw)
 
     def to_sympy(self, tree: str, result: EvalResult) -> "sympy.Expr":
-        """``b + a·tree`` as sympy, with the operator table's builders and symbols."""
+        """The latency formula: ``b + a·tree`` as sympy (the operator table's builders and symbols), mapped
+        back through the problem's target transform (``roofline / (b + a·tree)``, ``exp(b + a·tree)``)."""
         import sympy
 
         from search_spaces.prefix import to_sympy
 
         body = to_sympy(self.evaluator.parse(tree))
-        if result.a == 0.0:
-            return sympy.Float(result.b)
-        return sympy.Float(result.b) + sympy.Float(result.a) * body
+        scaled = sympy.Float(result.b) if result.a == 0.0 else sympy.Float(result.b) + sympy.Float(result.a) * body
+        return self.problem.transform.to_latency(scaled)

@@ -115,7 +115,7 @@ class TreeEvaluator:
         consts = [v for k, v in nodes if k == CONST]
         fit = self.objective.fit(self.compile(nodes), consts)
         size = len(nodes)
-        node_evals = fit.evals * size * self.objective.n_rows + size * fit.probe_rows
+        node_evals = size * (fit.rows + fit.probe_rows)
         if consts:
             it = iter(fit.consts)
             tree = format_prefix([Node(k, next(it)) if k == CONST else Node(k, v) for k, v in nodes], self.arity)

@@ -20,7 +20,8 @@ size limit is printed with ``InfixFormatter`` (variables named by
 ``i``, 20 decimals) and parsed with the shared
 :func:`~search_spaces.operators.parse_formula`; its scale ``a`` and offset
 ``b`` are refitted in float64 to the relative residuals, the candidate is
-``b + a·tree`` with loss = training mean relative error (the constraint
+``b + a·tree`` (mapped back to the latency through the problem's target
+transform; Operon's dataset target is the transformed target) with loss = training mean relative error (the constraint
 penalty applied as in DEAP), complexity from the table; candidates
 dominated in (loss, complexity) are dropped.
 
@@ -159,6 +160,7 @@ class OperonEngine:
         from search_spaces.operators import parse_formula
 
         X = dict(zip(objective.features, objective.X))
+        features = objective.formula_features
         out = []
         for text in dict.fromkeys(strings):
             try:
@@ -170,8 +172,9 @@ class OperonEngine:
             if not np.all(np.isfinite(f)):
                 continue
             a, b = objective.scale(f)
-            expr = sympy.Float(b) if a == 0.0 else tidy(sympy.Float(b) + sympy.Float(a) * body)
-            loss, _, _ = objective.formula_loss(lambdify_formula(expr, problem.features))
+            scaled = sympy.Float(b) if a == 0.0 else tidy(sympy.Float(b) + sympy.Float(a) * body)
+            expr = problem.transform.to_latency(scaled)
+            loss, _, _ = objective.formula_loss(lambdify_formula(expr, features))
             if not math.isfinite(loss):
                 continue
             out.append(Candidate(expr, int(complexity(expr)), float(loss), "operon",
@@ -185,7 +188,8 @@ class OperonEngine:
             digest.update(f.encode())
             digest.update(np.asarray(problem.X_train[f], dtype=np.float64).tobytes())
         digest.update(repr(sorted((k, v) for k, v in options.items() if k != "max_time")).encode())
-        digest.update(repr((problem.space.name, problem.space.constraint_mode, problem.space.loss)).encode())
+        digest.update(repr((problem.space.name, problem.space.constraint_mode, problem.space.loss,
+                            problem.transform.spec)).encode())
         digest.update(repr(asdict(self.settings) | {"budget_s": None}).encode())
         return digest.hexdigest()[:16]
 
@@ -209,7 +213,7 @@ class OperonEngine:
         from search_spaces.operators import parse_formula
 
         try:
-            found = [Candidate(parse_formula(e, problem.features, indexed=False), int(cx), float(loss), "operon",
+            found = [Candidate(parse_formula(e, problem.formula_features, indexed=False), int(cx), float(loss), "operon",
                                str(prov), int(k)) for e, cx, loss, prov, k in state["candidates"]]
             self.stats_ = dict(state.get("stats", {}), resumed=True)
         except (KeyError, TypeError, ValueError) as exc:
@@ -224,7 +228,7 @@ class OperonEngine:
 def _data(op: Any, objective: Objective, options: Mapping[str, Any], with_probes: bool) -> SimpleNamespace:
     """Operon's dataset (features then target), problem and primitive set; the probe pairs as datasets."""
     features = objective.features
-    data = np.asfortranarray(np.column_stack([np.column_stack(objective.X), objective.y]))
+    data = np.asfortranarray(np.column_stack([np.column_stack(objective.X), objective.t]))
     ds = op.Dataset(data)
     ordered = sorted(ds.Variables, key=lambda v: v.Index)
     inputs = [v.Hash for v in ordered[:-1]]

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from discovery.config import DEFAULTS
+from discovery.config import DEFAULTS, UNLIMITED_GENERATIONS
 from features.errors import StepMLError
 from search_spaces.objective import Objective
 from search_spaces.operators import OPERATORS, symbol_name
@@ -111,7 +111,7 @@ class OperonSettings:
 
     population: int = DEFAULTS.population
     islands: int = DEFAULTS.islands
-    generations: int = DEFAULTS.generations
+    generations: int = UNLIMITED_GENERATIONS if DEFAULTS.generations is None else DEFAULTS.generations
     budget_s: float = DEFAULTS.budget_s
     seed: int = DEFAULTS.seed
     threads: int = 1

@@ -83,7 +83,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from discovery.config import CLUSTER_MANAGERS, DEFAULTS
+from discovery.config import CLUSTER_MANAGERS, DEFAULTS, UNLIMITED_GENERATIONS
 from features.errors import StepMLError
 from search_spaces.operators import OPERATORS, pysr_options, symbol_name
 from search_spaces.objective import pareto_front
@@ -118,7 +118,7 @@ class PySRSettings:
 
     population: int = DEFAULTS.population
     islands: int = DEFAULTS.islands
-    generations: int = DEFAULTS.generations
+    generations: int = UNLIMITED_GENERATIONS if DEFAULTS.generations is None else DEFAULTS.generations
     budget_s: float = DEFAULTS.budget_s
     seed: int = DEFAULTS.seed
     deterministic: bool | None = None
