@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -272,3 +273,26 @@ def linear_run(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("runs") / "linear"
     assert run_main(search.main, ["--space", "linear", "--seed", "3", "--run-dir", str(path)] + SMALL_SEARCH) == 0
     return path
+
+
+#: ``STEPML_FUZZ_EXAMPLES=2000`` fuzzes deeper with fresh random examples; by default every run checks the same 60.
+FUZZ_EXAMPLES = int(os.environ.get("STEPML_FUZZ_EXAMPLES", "0"))
+
+
+def fuzz_settings():
+    """The hypothesis settings of the fuzz tests (derandomized unless ``STEPML_FUZZ_EXAMPLES`` is set)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=FUZZ_EXAMPLES or 60, deadline=None, derandomize=not FUZZ_EXAMPLES, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def one_line_error(capsys, code: int, *needles: str) -> str:
+    """Assert exit 2 with exactly one ``error:`` line (warnings may precede it) naming ``needles``."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    assert code == 2, err
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("test: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]

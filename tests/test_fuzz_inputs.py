@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from evaluation import baselines
@@ -37,23 +36,11 @@ from features.dataset import load_dataset, read_steps_path
 from features.errors import StepMLError
 from features.schema import BATCH_SUMMARY_COLUMNS, NON_NEGATIVE_COLUMNS, check_values, coerce_columns
 
-from conftest import make_steps, otlp_line, run_main, step_span, steps_table, write_table
+from conftest import (FUZZ_EXAMPLES as EXAMPLES, fuzz_settings, make_steps, one_line_error, otlp_line, run_main,
+                      step_span, steps_table, write_table)
 
-#: ``STEPML_FUZZ_EXAMPLES=2000`` fuzzes deeper with fresh random examples; by default every run checks the same 60.
-EXAMPLES = int(os.environ.get("STEPML_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=EXAMPLES or 60, deadline=None, derandomize=not EXAMPLES, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings()
 
-
-def one_line_error(capsys, code: int, *needles: str) -> str:
-    """Assert exit 2 with exactly one ``error:`` line (warnings may precede it) naming ``needles``."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
-    assert code == 2, err
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("test: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)

@@ -19,29 +19,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import sympy
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from discovery import audit, export, review
 from discovery.audit import check_artifact, read_test_vectors
-from discovery.rundir import HofRow, hof_csv, read_hof, read_run_json, write_hof
+from discovery.rundir import HofRow, hof_csv, read_hof, write_hof
 from features.errors import StepMLError
 
-from conftest import run_main
+from conftest import fuzz_settings, one_line_error, run_main
 
-EXAMPLES = int(os.environ.get("STEPML_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=EXAMPLES or 60, deadline=None, derandomize=not EXAMPLES, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = fuzz_settings()
 
-
-def one_line_error(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
-    assert code == 2, err
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("test: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def planted(linear_run: Path, tmp_path: Path, expr: str, name: str = "planted") -> Path:
