@@ -164,8 +164,8 @@ def _centered(t: np.ndarray, p: np.ndarray, w: np.ndarray | None):
         swp = ww[finite].sum()
         shift_t = (ww * t).sum() / sw if sw > 0 else 0.0
         shift_p = (ww * pz).sum() / swp if swp > 0 else 0.0
-    tscale2 = float(np.max(t * t)) if t.size else 0.0
-    pscale2 = float(np.max(pz * pz)) if pz.size else 0.0
+        tscale2 = float(np.max(t * t)) if t.size else 0.0   # inf for huge finite values: a huge scale, as meant
+        pscale2 = float(np.max(pz * pz)) if pz.size else 0.0
     return t - shift_t, pz - shift_p, ~finite, tscale2, pscale2
 
 
