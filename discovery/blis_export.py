@@ -211,12 +211,21 @@ def write_blis(blis_dir: Path, sources: GoSources, name: str) -> Path:
 
 
 def artifact_models(doc: Mapping[str, Any], artifact: Path) -> TestModels:
-    """The models an artifact was fitted on: its run's step data, else the experiments it was calibrated on."""
+    """The models an artifact was fitted on, for its Go tests.
+
+    A calibrated artifact's experiments cover every model its constants were fitted
+    to (its step data, when it has some, holds a subset of them): they are used when
+    their folders are at hand; otherwise the models of the artifact's step data.
+    """
     from discovery.formula import run_data
 
     calibrated = (doc.get("calibration") or {}).get("experiments") if isinstance(doc.get("calibration"), dict) else None
-    if calibrated and not doc.get("split"):
-        return experiment_models([str(e) for e in calibrated])
+    if calibrated:
+        try:
+            return experiment_models([str(e) for e in calibrated])
+        except StepMLError:
+            if not doc.get("split"):
+                raise
     folder = artifact if artifact.is_dir() else artifact.parent
     return data_models(run_data(doc, folder)[0])             # the demo data for a synthetic run's artifact
 

@@ -208,6 +208,7 @@ def export_artifact(artifact: Path, name: str | None = None, out: Path | None = 
     steps nor rounded); the step split saved beside the artifact gives the
     metrics and the test vectors, so ``discovery.audit`` can audit the result.
     """
+    from discovery.blis_export import artifact_models
     from discovery.formula import load_artifact, run_data
 
     artifact = Path(artifact)
@@ -231,7 +232,8 @@ def export_artifact(artifact: Path, name: str | None = None, out: Path | None = 
                    "rounding": {"significant_figures": None, "applied": False, "val_mape_full": metrics["val_mape"],
                                 "note": "constants calibrated end to end: not refitted or rounded"}})
     defs = {f: predictor.definitions[f] for f in used}
-    return write_export(expr, defs, fields, dataset, split, name, out_dir, require_go, blis, echo)
+    return write_export(expr, defs, fields, dataset, split, name, out_dir, require_go, blis, echo,
+                        artifact_models(doc, artifact))
 
 
 def _export_folder(name: str, out: Path | None) -> Path:
@@ -245,19 +247,23 @@ def _export_folder(name: str, out: Path | None) -> Path:
 
 
 def write_export(expr: sympy.Expr, defs: dict[str, sympy.Expr], fields: dict[str, Any], dataset, split, name: str,
-                 out_dir: Path, require_go: bool = False, blis: Path | None = None, echo=print) -> Path:
+                 out_dir: Path, require_go: bool = False, blis: Path | None = None, echo=print,
+                 models=None) -> Path:
     """Write the export folder of a final formula: artifact, Python, LaTeX, C, Go, test vectors (checked).
 
     ``fields`` are the artifact's provenance and metrics (``metrics`` and
     ``rounding`` required). A formula Go cannot evaluate is refused when
-    ``require_go`` or ``blis`` asks for Go, before anything is written.
+    ``require_go`` or ``blis`` asks for Go, before anything is written. ``models``
+    (:class:`~discovery.blis_export.TestModels`) are the models the Go tests run
+    (default: those of ``dataset``).
     """
     from discovery.blis_export import data_models, go_refusal
     from features.splits import save_splits
     from search_spaces.objective import complexity
 
     used = sorted(str(s) for s in expr.free_symbols)
-    go_reason = go_refusal(defs, data_models(dataset))
+    models = models if models is not None else data_models(dataset)
+    go_reason = go_refusal(defs, models)
     if go_reason and (require_go or blis):
         raise StepMLError(go_reason)
     if blis:
@@ -290,7 +296,7 @@ def write_export(expr: sympy.Expr, defs: dict[str, sympy.Expr], fields: dict[str
         from discovery.blis_export import constants_comment, go_sources
         from discovery.formula import artifact_overheads
 
-        sources = go_sources(expr, defs, data_models(dataset), constants_comment(dataset.label, doc["baked_columns"]),
+        sources = go_sources(expr, defs, models, constants_comment(dataset.label, doc["baked_columns"]),
                              artifact_overheads(doc))
     checks = _write_compiled(out_dir, expr, used, dataset, split, sources)
     doc["checks"] = checks

@@ -194,7 +194,31 @@ class Roofline:
         return self.scale_ * roofline_time(columns) + self.intercept_
 
 
-class GradientBoosted:
+class _LogTrees:
+    """Shared fit/predict of the tree baselines: every non-leaky feature, fitted on log(target).
+
+    Subclasses store their parameters in ``__init__`` (with ``threads``) and build
+    the regressor in :meth:`_regressor`.
+    """
+
+    threads: int
+
+    def _regressor(self, n_rows: int) -> Any:
+        raise NotImplementedError
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "_LogTrees":
+        self.features_ = _tree_features(frame)
+        self.model_ = self._regressor(len(y))
+        with _thread_limit(self.threads):
+            self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        with _thread_limit(self.threads):
+            return np.exp(np.asarray(self.model_.predict(feature_matrix(columns, self.features_)), dtype=float))
+
+
+class GradientBoosted(_LogTrees):
     """HistGradientBoosting on every non-leaky feature, fitted on log(target), on ``threads`` threads."""
 
     name = "gbt"
@@ -206,23 +230,15 @@ class GradientBoosted:
         self.random_state = random_state
         self.threads = threads
 
-    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "GradientBoosted":
+    def _regressor(self, n_rows: int) -> Any:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        self.features_ = _tree_features(frame)
-        self.model_ = HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
-                                                    min_samples_leaf=_min_samples_leaf(len(y)),
-                                                    random_state=self.random_state)
-        with _thread_limit(self.threads):
-            self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
-        return self
-
-    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        with _thread_limit(self.threads):
-            return np.exp(self.model_.predict(feature_matrix(columns, self.features_)))
+        return HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=self.learning_rate,
+                                             min_samples_leaf=_min_samples_leaf(n_rows),
+                                             random_state=self.random_state)
 
 
-class XGBoost:
+class XGBoost(_LogTrees):
     """XGBoost gradient-boosted trees on every non-leaky feature, fitted on log(target).
 
     Same features, target transform and size as :class:`GradientBoosted`
@@ -240,22 +256,14 @@ class XGBoost:
         self.random_state = random_state
         self.threads = threads
 
-    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "XGBoost":
+    def _regressor(self, n_rows: int) -> Any:
         try:
             from xgboost import XGBRegressor
         except ImportError:
             raise StepMLError("xgboost is not installed (pip install xgboost)") from None
-        self.features_ = _tree_features(frame)
-        self.model_ = XGBRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
-                                   max_depth=self.max_depth, tree_method="hist", n_jobs=self.threads,
-                                   random_state=self.random_state)
-        with _thread_limit(self.threads):
-            self.model_.fit(feature_matrix(frame, self.features_), np.log(y), sample_weight=sample_weight)
-        return self
-
-    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        with _thread_limit(self.threads):
-            return np.exp(self.model_.predict(feature_matrix(columns, self.features_)).astype(float))
+        return XGBRegressor(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
+                            max_depth=self.max_depth, tree_method="hist", n_jobs=self.threads,
+                            random_state=self.random_state)
 
 
 def _tree_features(frame: pd.DataFrame) -> tuple[str, ...]:

@@ -42,13 +42,16 @@ __all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "LOSS_TOLERANCE", "parsimonious", 
 #: Physics prior formulas. Their constants are where calibration starts and what it is pulled towards
 #: (``CalibrationSettings.prior_weight``) in directions the training models cannot identify: memory at
 #: ~90 % of peak bandwidth, ~50 µs of kernel latency per layer, ~6 µs per all-reduce latency round (2 per
-#: layer × log2(tp): NCCL's tree depth for small messages, so ~12 µs per all-reduce at tp = 2),
-#: ~10 µs more per MoE layer (router and token permutation), ~25 µs per request, 0.3 ms per step.
+#: layer × log2(tp): NCCL's tree depth for small messages, so ~12 µs per all-reduce at tp = 2), the
+#: all-reduce volume at ~25 % of NVLink's peak (``rl_tp_comm`` is in HBM time, NVLink being ~3.7× slower
+#: on H100: 15 ≈ 3.7 / 0.25), ~10 µs more per MoE layer (router and token permutation), ~20–25 µs per
+#: request, 0.3 ms per step. The first adds the all-reduce volume (which grows with the batch, steepest at
+#: tp = 4) to the second; :func:`parsimonious` keeps it only when it fits clearly better.
 PRIORS: tuple[str, ...] = (
+    "300.0 + 1.0*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 15.0*rl_tp_comm"
+    " + 10.0*num_moe_layers + 20.0*batch_size",
     "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 10.0*num_moe_layers"
     " + 25.0*batch_size",
-    "300.0 + 1.1*rl_weight_read + 1.15*rl_kv_read + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds"
-    " + 10.0*num_moe_layers + 25.0*batch_size",
 )
 #: The blackbox baseline's shape with starting values.
 BLACKBOX = "12000.0 + 30.0*prefill_tokens + 60.0*decode_tokens"

@@ -196,7 +196,7 @@ def _declare() -> tuple[Feature, ...]:
         F("rl_expert_weights", "us", "active_experts·3·hidden·inter·layers·bytes / (tp·ep·HBM B/s)",
           "simulator", "roofline",
           f"1e6*{_ACTIVE}*{_EXPERT}*arch__num_layers*arch__bytes_per_param/(arch__tp*arch__ep*hw__hbm_bw)"),
-        # -- physics basis (see features/physics.py): per GPU, at the datasheet's peak rates ------
+        # -- physics basis (README, "Fit once, predict every model"): per GPU, at the datasheet's peak rates --
         F("rl_weight_read", "us", "weights streamed per step (all but the input embedding and unhit experts) "
           "/ (tp·HBM B/s)", "simulator", "physics", _WEIGHT_READ),
         F("rl_kv_write", "us", "KV bytes written per step (scheduled tokens × KV bytes per token) / (tp·HBM B/s)",
@@ -212,6 +212,12 @@ def _declare() -> tuple[Feature, ...]:
         F("allreduce_rounds", "rounds", "latency rounds of the step's all-reduces: 2 per layer × log2(tp) "
           "(the depth of NCCL's tree for small messages; 0 at tp = 1)", "simulator", "physics",
           "2*arch__num_layers*log(arch__tp)/log(2)"),
+        F("rl_tp_comm", "us", "bytes of the step's tensor-parallel all-reduces (2 ring all-reduces per layer: "
+          "4·layers·tokens·hidden·bytes·(tp−1)/tp) at the HBM bandwidth, as BLIS's trained-physics basis: the "
+          "multiplier is the HBM/NVLink bandwidth ratio over the collective's efficiency (0 at tp = 1)",
+          "simulator", "physics",
+          f"1e6*4*arch__num_layers*{_T}*arch__hidden_size*arch__bytes_per_param*(arch__tp - 1)/arch__tp"
+          "/hw__hbm_bw"),
         F("num_moe_layers", "layers", "layers whose MLP is a mixture of experts (0 for dense)", "simulator", "physics",
           f"arch__num_layers*Min(1, Max(0, {_E} - 1))"),
         # -- operator tables: one call's own FLOPs and bytes (column maps), at peak rates ----------------

@@ -21,11 +21,10 @@ ARCH = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "i
 MOE = ("is_moe", "num_experts", "experts_per_token", "active_experts", "tokens_per_expert", "ep_size")
 ROOFLINE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute", "rl_weight_load", "rl_kv_read",
             "rl_allreduce", "rl_expert_compute", "rl_expert_weights")
-#: The cross-model physics basis (features/physics.py): times at peak rates, and counts.
+#: The cross-model physics basis (features/catalog.py, group ``physics``): times at peak rates, and counts.
 PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linear_compute", "rl_prefill_compute",
-           "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_bound", "n_allreduce", "allreduce_rounds",
-           "num_layers",
-           "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
+           "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_tp_comm", "rl_bound", "n_allreduce",
+           "allreduce_rounds", "num_layers", "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
 #: Operator tables: sizes that vary between kernels, the roofline terms they can compute, the operator's own.
 KERNEL_ARCH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "tp")
 KERNEL_ROOFLINE = ("rl_expert_compute", "rl_expert_weights", "rl_attn_compute", "rl_kv_read")

@@ -116,6 +116,15 @@ def test_a_column_blis_lacks_is_refused_in_one_line(demo_export, tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_the_all_reduce_volume_in_hbm_time_is_evaluable_in_blis():
+    """``rl_tp_comm`` (the physics prior's all-reduce term) uses only columns BLIS has, unlike ``rl_allreduce``."""
+    from discovery.blis_export import go_refusal
+    from features.catalog import get_feature
+
+    assert go_refusal({"rl_tp_comm": get_feature("rl_tp_comm").sympy_expr()}) is None
+    assert "hw.interconnect_bw" in go_refusal({"rl_allreduce": get_feature("rl_allreduce").sympy_expr()})
+
+
 def test_cross_model_formula_computes_its_columns_from_the_blis_configuration(demo_export):
     exported, overlay = demo_export
     doc = json.loads((exported / "artifact.json").read_text())

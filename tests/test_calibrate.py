@@ -12,6 +12,7 @@ from discovery import calibrate as cal
 from evaluation import generalize as gen
 from evaluation.calibration import anchor_from_replay, anchor_means, measured_means
 from evaluation.predictors import FormulaPredictor
+from features.errors import StepMLError
 from evaluation.replay import replay_experiment
 from features import catalog
 from features.demo_experiments import END_OVERHEAD_S, QUEUE_OVERHEAD_S, law_expression
@@ -230,3 +231,17 @@ def test_parsimony_prefers_fewer_constants_only_within_the_tolerance():
     big = SimpleNamespace(expr=sympy.Float(2.0) * x + sympy.Float(3.0) * y + sympy.Float(5.0), loss=10.0)
     assert gen.parsimonious([big, small]) is small                     # 4 % worse, one constant fewer
     assert gen.parsimonious([big, SimpleNamespace(expr=small.expr, loss=10.6)]).expr == big.expr  # 6 % worse
+
+
+def test_go_tests_of_a_calibrated_artifact_cover_every_calibration_model(data_root, tmp_path):
+    """The Go test models are those of the experiments a formula was calibrated on (7B and Mixtral too), not
+    only of its step data (70B and 34B); calibration ids that cannot be found fall back to the step data."""
+    from discovery.blis_export import artifact_models
+
+    ids = sorted(p.name for p in (data_root / "blis" / "experiments").iterdir() if "reasoning" not in p.name)
+    doc = {"calibration": {"experiments": ids}, "split": "calibration"}
+    models = artifact_models(doc, tmp_path / "artifact.json")
+    assert sorted(models.models) == ["codellama-34b tp2", "llama-2-70b tp4", "llama-2-70b-hf tp4", "llama-2-7b tp1",
+                                     "mixtral-8x7b-v0-1 tp2"]
+    with pytest.raises(StepMLError):
+        artifact_models({"calibration": {"experiments": ["no-such-experiment"]}}, tmp_path / "artifact.json")

@@ -75,13 +75,14 @@ def test_roofline_terms_by_hand():
             "batch.scheduled_tokens": np.array([110.0]), "kv.tokens_in_use": np.array([500.0]),
             "batch.prefill_context_sum": np.array([5050.0])}
     out = compute_features(cols, ["rl_prefill_compute", "rl_decode_compute", "rl_kv_read", "rl_attn_compute",
-                                  "rl_allreduce", "rl_expert_compute", "rl_expert_weights"])
+                                  "rl_allreduce", "rl_tp_comm", "rl_expert_compute", "rl_expert_weights"])
     assert out["rl_prefill_compute"][0] == pytest.approx(2 * 400 * 100 / (2 * 1e12) * 1e6)
     assert out["rl_decode_compute"][0] == pytest.approx(2 * 400 * 10 / (2 * 1e12) * 1e6)
     kv_bytes_per_token = 2 * 2 * 1 * 2 * 2                   # K and V · layers · kv heads · head dim · bytes
     assert out["rl_kv_read"][0] == pytest.approx(500 * kv_bytes_per_token / (2 * 1e9) * 1e6)
     assert out["rl_attn_compute"][0] == pytest.approx(4 * 2 * 2 * 2 * 5050 / (2 * 1e12) * 1e6)
     assert out["rl_allreduce"][0] == pytest.approx(4 * 2 * 110 * 4 * 2 * (2 - 1) / 2 / 5e8 * 1e6)
+    assert out["rl_tp_comm"][0] == pytest.approx(4 * 2 * 110 * 4 * 2 * (2 - 1) / 2 / 1e9 * 1e6)   # at HBM B/s
     assert out["rl_expert_compute"][0] == pytest.approx(2 * 110 * 2 * 120 * 2 / (2 * 1 * 1e12) * 1e6)
     active = 8 * (1 - 0.75 ** 110)
     assert out["rl_expert_weights"][0] == pytest.approx(active * 120 * 2 * 2 / (2 * 1 * 1e9) * 1e6)
