@@ -361,6 +361,20 @@ def test_real_vidur_mlp_csv_loads(real_path):
     assert (ds.y > 0).all()
 
 
+def test_real_vidur_mlp_ops_counts_phi2s_two_matrices(real_path):
+    """phi-2's MLP is not gated (use_gated_mlp = False): 2 weight matrices, so its roofline utilisation matches
+    the gated models' (with 3 it would sit far above them)."""
+    from features import catalog
+
+    folder = real_path("kernels/vidur_h100")
+    ds = load_dataset(str(folder / "*" / "mlp.csv"), colmap="vidur_mlp_ops")
+    f = ds.frame
+    assert f.groupby("model")["matrices"].first().to_dict() == {
+        "CodeLlama-34b-Instruct-hf": 3, "Llama-2-70b-hf": 3, "Llama-2-7b-hf": 3, "internlm-20b": 3, "phi-2": 2}
+    utilisation = (catalog.feature_frame(f, ["op_bound"])["op_bound"] / ds.y).groupby(f["model"]).median()
+    assert utilisation.max() / utilisation.min() < 1.25, utilisation.round(2).to_dict()
+
+
 # -- column maps a user can write: checks, expressions, path columns, hardware, several files ----------------
 
 def _map(tmp_path, text: str, name: str = "m.toml"):
