@@ -19,8 +19,9 @@ Libraries: ``batch`` (composition), ``kv`` (KV lengths and attention work),
 cross-model basis of :mod:`features.physics`: bytes and FLOPs of one step at the
 hardware's peak rates, collective and layer counts, and the roofline lower bound),
 ``operator`` (an operator table's own work: the FLOPs and HBM bytes of one call
-on one GPU, ``op.flops`` and ``op.bytes``, which a column map derives from the
-table's columns, at the datasheet's peak rates).
+on one GPU, ``op.flops`` and ``op.bytes``, and the weights' share of the bytes,
+``op.weight_bytes``, which a column map derives from the table's columns, at the
+datasheet's peak rates).
 """
 from __future__ import annotations
 
@@ -229,6 +230,12 @@ def _declare() -> tuple[Feature, ...]:
           "Max(1e6*op__flops/hw__flops, 1e6*op__bytes/hw__hbm_bw)"),
         F("op_intensity", "FLOP/B", "arithmetic intensity of the operator: op.flops / op.bytes", "simulator",
           "operator", "op__flops/op__bytes"),
+        F("op_weight_memory", "us", "the operator's weight bytes (op.weight_bytes, the part of op.bytes that is "
+          "stored operands: the weights one GPU reads) at the datasheet's peak bandwidth", "simulator", "operator",
+          "1e6*op__weight_bytes/hw__hbm_bw"),
+        F("op_act_memory", "us", "the operator's other HBM bytes (op.bytes − op.weight_bytes: activations read and "
+          "written, intermediates) at the datasheet's peak bandwidth", "simulator", "operator",
+          "1e6*(op__bytes - op__weight_bytes)/hw__hbm_bw"),
     )
 
 

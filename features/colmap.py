@@ -25,6 +25,7 @@ README ("Column maps") documents every key with two worked examples::
     [derived]                              # new columns
     shape = "{hidden_size}x{inter_size}"  # text (a group column): a format string
     tokens = "batch * kv_len"             # a number: an expression over columns
+    matrices = { column = "shape", values = { "2688x1856" = 2 }, default = 3 }   # a number per value of a column
 
     [filters]                              # keep rows whose column equals (or is in) the value
     moe_dtype = "bfloat16"
@@ -61,11 +62,27 @@ TOP_KEYS = ("name", "description", "files", "hardware", "group_columns", "experi
             "target", "features", "derived", "filters", "constants")
 TARGET_KEYS = ("column", "columns", "unit")
 FEATURE_KEYS = ("column", "scale")
+LOOKUP_KEYS = ("column", "values", "default")
 CANONICAL_PREFIXES = ("step.", "queue.", "batch.", "kv.", "arch.", "hw.", "target.")
 #: Canonical columns a map may not set: the loader derives them.
 RESERVED = ("experiment_id", "step.id", "target.value_us")
 #: Deepest bracket nesting an expression may have.
 MAX_NESTING = 50
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A ``[derived]`` number looked up from the value of another column.
+
+    For facts a table does not hold but its rows' groups determine (a model's
+    expert MLP is gated or not): ``{ column = "shape", values = { "2688x1856" = 2 },
+    default = 3 }``. A row's value is matched as text (``8`` matches ``"8"``);
+    a value not listed takes ``default``, or is an error without one.
+    """
+
+    column: str
+    values: tuple[tuple[str, float], ...]
+    default: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ class ColumnMap:
     target_unit: str = "us"
     features: dict[str, str] = field(default_factory=dict)
     units: dict[str, float] = field(default_factory=dict)
-    derived: dict[str, str] = field(default_factory=dict)
+    derived: dict[str, str | Lookup] = field(default_factory=dict)
     filters: dict[str, list[Any]] = field(default_factory=dict)
     constants: dict[str, float] = field(default_factory=dict)
     group_columns: tuple[str, ...] = ()
@@ -89,8 +106,9 @@ class ColumnMap:
     path_columns: str = ""
 
     def is_expression(self, name: str) -> bool:
-        """Whether a ``[derived]`` entry is a numeric expression (else a format string)."""
-        return "{" not in self.derived[name]
+        """Whether a ``[derived]`` entry is a numeric expression (else a format string or a lookup)."""
+        value = self.derived[name]
+        return isinstance(value, str) and "{" not in value
 
 
 def shipped_maps() -> dict[str, Path]:
@@ -175,14 +193,12 @@ def parse_colmap(doc: Mapping[str, Any], path: Path | str = "column map") -> Col
             features[name] = _string(value, where, f"[features] '{name}'")
     derived = {}
     for name, value in _table(doc, "derived", where).items():
-        text = _string(value, where, f"[derived] '{name}'")
+        entry = parse_derived_entry(value, where, f"[derived] '{name}'")
         if name.startswith(CANONICAL_PREFIXES) or name in RESERVED:
             _canonical(name, canonical, where, "[derived]")
-        if "{" in text:
-            _template_fields(text, where, f"[derived] '{name}'")
-        elif name in features:
+        if not (isinstance(entry, str) and "{" in entry) and name in features:
             raise StepMLError(f"{where}: '{name}' is set in both [features] and [derived]")
-        derived[name] = text
+        derived[name] = entry
     filters = parse_filters(doc, where)
     constants = {}
     for name, value in _table(doc, "constants", where).items():
@@ -212,6 +228,25 @@ def parse_colmap(doc: Mapping[str, Any], path: Path | str = "column map") -> Col
         description=_string(doc.get("description", ""), where, "description", empty=True), source=where,
         files=tuple(_strings(doc.get("files", []), where, "files")), hardware=hardware, path_columns=path_columns,
     )
+
+
+def parse_derived_entry(value: Any, where: str, what: str) -> str | Lookup:
+    """One ``[derived]`` value: a format string, an expression (both text) or a :class:`Lookup` table."""
+    if not isinstance(value, dict):
+        text = _string(value, where, what)
+        if "{" in text:
+            _template_fields(text, where, what)
+        return text
+    _known_keys(value, LOOKUP_KEYS, where, f"{what} ")
+    if "column" not in value or "values" not in value:
+        raise StepMLError(f"{where}: {what} needs 'column' and 'values' (and an optional 'default'), e.g. "
+                          "{ column = \"shape\", values = { \"4096x14336\" = 3 }, default = 3 }")
+    values = value["values"]
+    if not isinstance(values, dict) or not values:
+        raise StepMLError(f"{where}: {what} values must be a non-empty table of value = number, got {values!r}")
+    pairs = tuple((str(k), _number(v, where, f"{what} values '{k}'")) for k, v in values.items())
+    default = _number(value["default"], where, f"{what} default") if "default" in value else None
+    return Lookup(_string(value["column"], where, f"{what} column"), pairs, default)
 
 
 def parse_filters(doc: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
@@ -399,21 +434,42 @@ def _evaluate(expr: Any, column: Callable[[str], np.ndarray]) -> Any:
     raise StepMLError(f"expression {expr}: '{type(expr).__name__}' cannot be evaluated on a table")
 
 
-def add_derived(raw: pd.DataFrame, derived: Mapping[str, str], original: Any, source: str, label: str) -> None:
+def _lookup_rows(raw: pd.DataFrame, lookup: Lookup, source: str, what: str) -> np.ndarray:
+    """The numbers a :class:`Lookup` gives the rows of ``raw`` (a value it does not list needs a default)."""
+    if lookup.column not in raw.columns:
+        raise StepMLError(f"{source}: {what} looks up unknown column '{lookup.column}'"
+                          f"{_suggest(lookup.column, list(map(str, raw.columns)))}")
+    keys = raw[lookup.column].astype(str)
+    table = dict(lookup.values)
+    values = keys.map(table).astype(float)
+    missing = values.isna().to_numpy()
+    if missing.any():
+        if lookup.default is None:
+            first = int(np.flatnonzero(missing)[0])
+            raise StepMLError(f"{source}: {what} lists no value for {lookup.column} = {keys.iloc[first]!r} "
+                              f"({int(missing.sum())} row(s)) and has no default")
+        values[missing] = lookup.default
+    return values.to_numpy(dtype=float)
+
+
+def add_derived(raw: pd.DataFrame, derived: Mapping[str, str | Lookup], original: Any, source: str,
+                label: str) -> None:
     """Add a map's ``[derived]`` columns to ``raw`` in file order (a later one may use an earlier one).
 
-    A text with ``{column}`` fields is a format string (text), anything else an
-    expression read by :func:`parse_derived`; a name of one of the ``original``
-    table columns is refused.
+    A text with ``{column}`` fields is a format string (text), a :class:`Lookup`
+    a number per value of a column, anything else an expression read by
+    :func:`parse_derived`; a name of one of the ``original`` table columns is refused.
     """
-    for name, text in derived.items():
+    for name, entry in derived.items():
         what = f"{label} [derived] '{name}'"
         if name in original:
             raise StepMLError(f"{source}: {what} would replace the table's column '{name}'; give it another name")
-        if "{" in text:
-            raw[name] = _format_rows(raw, text, what)
+        if isinstance(entry, Lookup):
+            raw[name] = _lookup_rows(raw, entry, source, what)
+        elif "{" in entry:
+            raw[name] = _format_rows(raw, entry, what)
         else:
-            raw[name] = evaluate_derived(parse_derived(text, raw.columns, what), raw, source, what)
+            raw[name] = evaluate_derived(parse_derived(entry, raw.columns, what), raw, source, what)
 
 
 def path_values(path: Path, cmap: ColumnMap) -> dict[str, str]:

@@ -85,8 +85,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from features.colmap import (COLMAP_DIR, _filter, _format_rows, _known_keys, _numeric, _string, _suggest,
-                             _table, _template_fields, add_derived, parse_filters)
+from features.colmap import (COLMAP_DIR, Lookup, _filter, _format_rows, _known_keys, _numeric, _string, _suggest,
+                             _table, _template_fields, add_derived, parse_derived_entry, parse_filters)
 from features.errors import StepMLError, warn
 
 __all__ = ["RequestMap", "RequestLog", "load_request_map", "parse_request_map", "shipped_request_maps",
@@ -123,7 +123,7 @@ class RequestMap:
     id: str = ""
     group: str = ""
     failed: str = ""
-    derived: Mapping[str, str] = field(default_factory=dict)
+    derived: Mapping[str, str | Lookup] = field(default_factory=dict)
     filters: Mapping[str, list[Any]] = field(default_factory=dict)
     description: str = ""
     source: str = ""
@@ -253,12 +253,8 @@ def parse_request_map(doc: Mapping[str, Any], path: Path | str = "request map") 
         raise StepMLError(f"{where}: [measured] per is required with itl or tpot: \"token\" (gaps between output "
                           "tokens: vLLM bench, most logs) or \"line\" (inference-perf's Feb 2026 streamed lines, about "
                           "half); README 'Request logs'")
-    derived = {}
-    for name, value in _table(doc, "derived", where).items():
-        text = _string(value, where, f"[derived] '{name}'")
-        if "{" in text:
-            _template_fields(text, where, f"[derived] '{name}'")
-        derived[name] = text
+    derived = {name: parse_derived_entry(value, where, f"[derived] '{name}'")
+               for name, value in _table(doc, "derived", where).items()}
     filters = parse_filters(doc, where)
     labels = {}
     for key in ("id", "group", "failed"):

@@ -21,9 +21,9 @@ Column groups
 ``arch.*, hw.*``
     Per-experiment model architecture and hardware, joined from metadata
     (or mapped from a kernel table's columns).
-``op.flops, op.bytes``
-    An operator table's own work per call on one GPU: FLOPs and HBM bytes
-    (a column map derives them from the table's columns; the ``operator``
+``op.flops, op.bytes, op.weight_bytes``
+    An operator table's own work per call on one GPU: FLOPs, HBM bytes and the
+    weights' part of those bytes (a column map derives them from the table's columns; the ``operator``
     features of :mod:`features.catalog` put them at the datasheet's peak rates).
 ``target.*``
     Targets in µs: ``target.duration_us`` (``step.duration_us`` as recorded),
@@ -81,6 +81,7 @@ EXTRA_STEP_COLUMNS: dict[str, str] = {
 OPERATOR_COLUMNS: dict[str, str] = {
     "op.flops": "float",
     "op.bytes": "float",
+    "op.weight_bytes": "float",
 }
 
 GROUP_COLUMNS: dict[str, str] = {
@@ -265,6 +266,7 @@ def describe_columns() -> Mapping[str, ColumnSpec]:
         "target.cycle_gap": "step-id gap the cycle time was measured over",
         "op.flops": "the operator's FLOPs per call on one GPU (operator tables)",
         "op.bytes": "the operator's HBM bytes per call on one GPU (operator tables)",
+        "op.weight_bytes": "the part of op.bytes that is the weights (stored operands) one GPU reads",
     }
     return {name: ColumnSpec(name, kind, docs.get(name, "")) for name, kind in canonical_dtypes().items()}
 

@@ -28,7 +28,7 @@ PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linea
 #: Operator tables: sizes that vary between kernels, the roofline terms they can compute, the operator's own.
 KERNEL_ARCH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "tp")
 KERNEL_ROOFLINE = ("rl_expert_compute", "rl_expert_weights", "rl_attn_compute", "rl_kv_read")
-OPERATOR = ("op_compute", "op_memory", "op_bound", "op_intensity")
+OPERATOR = ("op_compute", "op_memory", "op_bound", "op_intensity", "op_weight_memory", "op_act_memory")
 ARITHMETIC = ("add", "sub", "mul", "div")
 #: Features a step-time formula must not decrease in (checked on probe pairs).
 MONOTONE = ("prefill_tokens", "decode_tokens", "kv_tokens")
@@ -132,7 +132,8 @@ def _declare() -> tuple[SearchSpace, ...]:
             BATCH + KV + KERNEL_ARCH + MOE + KERNEL_ROOFLINE + OPERATOR,
             ARITHMETIC + ("max", "min", "square", "sqrt", "log1p"), max_size=25, max_depth=6,
             seed_formulas=("c0 + c1*op_bound", "c0 + c1*op_compute + c2*op_memory",
-                           "c0 + c1*max(op_compute, op_memory) + c2*scheduled_tokens")),
+                           "c0 + c1*max(op_compute, op_memory) + c2*scheduled_tokens",
+                           "c0 + c1*op_weight_memory + c2*op_compute + c3*op_act_memory")),
         SearchSpace(
             "linear", "the simulator's blackbox shape (c0 + c1·prefill + c2·decode), as a sanity check",
             ("prefill_tokens", "decode_tokens"), ("add", "mul"), max_size=7, max_depth=2, roofline_floor=False,

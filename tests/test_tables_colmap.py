@@ -267,6 +267,48 @@ def test_shipped_maps_load():
     assert vidur.features["arch.tp"] == "num_tensor_parallel_workers"
 
 
+def _lookup_map(tmp_path, lookup: str):
+    path = tmp_path / "lookup.toml"
+    path.write_text(CUSTOM_MAP.replace('shape = "{hidden}x{inter_k}"',
+                                       f'shape = "{{hidden}}x{{inter_k}}"\nmatrices = {lookup}\n'
+                                       '"op.flops" = "2 * matrices * tokens * hidden * inter_k"'))
+    return path
+
+
+def test_lookup_gives_a_number_per_value_of_a_column(tmp_path):
+    path = _lookup_map(tmp_path, '{ column = "shape", values = { "8192x28" = 2 }, default = 3 }')
+    out = apply_colmap(_kernel_table(), load_colmap(path), "k.csv")
+    assert out["shape"].tolist() == ["4096x14", "4096x14", "8192x28", "8192x28"]
+    assert out["matrices"].tolist() == [3.0, 3.0, 2.0, 2.0]           # later expressions read it
+    np.testing.assert_allclose(out["op.flops"], 2 * out["matrices"] * [1, 2, 16, 32] * out["arch.hidden_size"]
+                               * [14, 14, 28, 28])
+    numeric = _lookup_map(tmp_path, '{ column = "hidden", values = { "4096" = 1, "8192" = 5 } }')
+    assert apply_colmap(_kernel_table(), load_colmap(numeric), "k.csv")["matrices"].tolist() == [1, 1, 5, 5]
+
+
+@pytest.mark.parametrize("lookup, message", [
+    ('{ column = "shape", values = { "8192x28" = 2 } }',
+     r"k\.csv: column map 'tiny' \[derived\] 'matrices' lists no value for shape = '4096x14' \(2 row\(s\)\) "
+     r"and has no default"),
+    ('{ column = "shap", values = { "a" = 2 }, default = 1 }', r"looks up unknown column 'shap' \(did you mean shape"),
+])
+def test_lookup_problems_on_the_table_are_one_line(tmp_path, lookup, message):
+    with pytest.raises(StepMLError, match=message):
+        apply_colmap(_kernel_table(), load_colmap(_lookup_map(tmp_path, lookup)), "k.csv")
+
+
+@pytest.mark.parametrize("lookup, message", [
+    ('{ column = "shape", value = { "a" = 2 } }', r"unknown \[derived\] 'matrices' key\(s\) 'value' \(did you mean values"),
+    ('{ column = "shape" }', r"\[derived\] 'matrices' needs 'column' and 'values'"),
+    ('{ column = "shape", values = {} }', r"values must be a non-empty table"),
+    ('{ column = "shape", values = { "a" = "two" } }', r"values 'a' must be a number, got 'two'"),
+    ('{ column = "shape", values = { "a" = 2 }, default = "x" }', r"default must be a number"),
+])
+def test_lookup_problems_in_the_map_are_one_line(tmp_path, lookup, message):
+    with pytest.raises(StepMLError, match=message):
+        load_colmap(_lookup_map(tmp_path, lookup))
+
+
 # -- shipped maps on the real tables ---------------------------------------------------------------
 
 def test_real_moe_perf_through_load_dataset(real_path):
@@ -285,6 +327,28 @@ def test_real_moe_perf_through_load_dataset(real_path):
     assert "active_experts" in ds.feature_names()
 
 
+def test_real_moe_perf_weight_stream_is_physical(real_path):
+    """op.weight_bytes of the MoE map streams at a believable fraction of the HBM peak on every shape.
+
+    Where every expert is hit (T·k >= 2E) but few tokens reach each (T·k/E <= 16), a GPU holding all or
+    half the experts (tp·ep <= 2: one shape has no tp = ep = 1 rows) is bound by reading its experts' weights: the bandwidth that implies must lie below the
+    datasheet peak and not far under it, for gated (3 matrices) and non-gated (2, Nemotron-3) experts alike.
+    """
+    from features import catalog
+
+    ds = load_dataset(real_path("kernels/aiconfigurator_h100_vllm0.24/moe_perf.parquet"))
+    f = ds.frame
+    weight_time = catalog.feature_frame(f, ["op_weight_memory"])["op_weight_memory"]
+    routed = f["batch.scheduled_tokens"] * f["arch.experts_per_token"] / f["arch.num_experts"]
+    bound = (routed >= 2) & (routed <= 16) & (f["arch.tp"] * f["arch.ep"] <= 2)
+    utilisation = (weight_time / ds.y)[bound].groupby(f["shape"][bound]).median()
+    assert len(utilisation) == 16
+    assert utilisation.between(0.75, 1.0).all(), utilisation.round(2).to_dict()
+    assert set(f.loc[f["expert_matrices"] == 2, "shape"]) == {"2688x1856x128x6", "2048x5120x512x22"}
+    parts = catalog.feature_frame(f, ["op_memory", "op_weight_memory", "op_act_memory"])
+    np.testing.assert_allclose(parts["op_weight_memory"] + parts["op_act_memory"], parts["op_memory"], rtol=1e-12)
+
+
 def test_real_vidur_mlp_csv_loads(real_path):
     path = real_path("kernels/vidur_h100/Llama-2-70b-hf/mlp.csv")
     ds = load_dataset(path)
@@ -295,6 +359,20 @@ def test_real_vidur_mlp_csv_loads(real_path):
     assert set(ds.frame["arch.tp"]) == {1.0, 2.0, 4.0, 8.0}
     assert set(ds.frame["shape"]) == {"8192x28672"}
     assert (ds.y > 0).all()
+
+
+def test_real_vidur_mlp_ops_counts_phi2s_two_matrices(real_path):
+    """phi-2's MLP is not gated (use_gated_mlp = False): 2 weight matrices, so its roofline utilisation matches
+    the gated models' (with 3 it would sit far above them)."""
+    from features import catalog
+
+    folder = real_path("kernels/vidur_h100")
+    ds = load_dataset(str(folder / "*" / "mlp.csv"), colmap="vidur_mlp_ops")
+    f = ds.frame
+    assert f.groupby("model")["matrices"].first().to_dict() == {
+        "CodeLlama-34b-Instruct-hf": 3, "Llama-2-70b-hf": 3, "Llama-2-7b-hf": 3, "internlm-20b": 3, "phi-2": 2}
+    utilisation = (catalog.feature_frame(f, ["op_bound"])["op_bound"] / ds.y).groupby(f["model"]).median()
+    assert utilisation.max() / utilisation.min() < 1.25, utilisation.round(2).to_dict()
 
 
 # -- column maps a user can write: checks, expressions, path columns, hardware, several files ----------------
