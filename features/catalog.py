@@ -16,7 +16,7 @@ A feature is a named, vectorised function of canonical columns
 Libraries: ``batch`` (composition), ``kv`` (KV lengths and attention work),
 ``moe`` (expert routing), ``arch`` (HF config), ``hardware`` (datasheet),
 ``roofline`` (physically motivated time terms in µs), ``physics`` (the
-cross-model basis of :mod:`features.physics`: bytes and FLOPs of one step at the
+cross-model basis of the README's "Fit once, predict every model": bytes and FLOPs of one step at the
 hardware's peak rates, collective and layer counts, and the roofline lower bound),
 ``operator`` (an operator table's own work: the FLOPs and HBM bytes of one call
 on one GPU, ``op.flops`` and ``op.bytes``, and the weights' share of the bytes,
