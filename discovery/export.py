@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from features import catalog
 from features.cli import run
 from features.errors import StepMLError
 from features.io import atomic_write_frame, atomic_write_json, atomic_write_text, json_safe
+
+if TYPE_CHECKING:
+    from discovery.blis_export import TestModels
 
 EXPORTED_DIR = Path("exported")
 ROUND_TOLERANCE = 0.1  # validation MAPE points
@@ -248,7 +251,7 @@ def _export_folder(name: str, out: Path | None) -> Path:
 
 def write_export(expr: sympy.Expr, defs: dict[str, sympy.Expr], fields: dict[str, Any], dataset, split, name: str,
                  out_dir: Path, require_go: bool = False, blis: Path | None = None, echo=print,
-                 models=None) -> Path:
+                 models: TestModels | None = None) -> Path:
     """Write the export folder of a final formula: artifact, Python, LaTeX, C, Go, test vectors (checked).
 
     ``fields`` are the artifact's provenance and metrics (``metrics`` and
