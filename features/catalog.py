@@ -111,6 +111,8 @@ _E, _K = "arch__num_experts", "arch__experts_per_token"
 _ACTIVE = f"{_E}*(1 - (1 - {_K}/{_E})**{_T})"
 _EXPERT = "3*arch__hidden_size*arch__intermediate_size"
 _KV_BYTES = "2*arch__num_layers*arch__num_kv_heads*arch__head_dim*arch__bytes_per_param"
+#: Bytes (×1e6, for µs) one GPU sends in the step's 2 ring all-reduces per layer: 2·(tp−1)/tp of each message.
+_ALLREDUCE_BYTES = f"1e6*4*arch__num_layers*{_T}*arch__hidden_size*arch__bytes_per_param*(arch__tp - 1)/arch__tp"
 #: Weights streamed from HBM in one step: all but the input embedding (a lookup) and the experts no token hit.
 _STREAMED = f"(arch__total_params - arch__vocab_size*arch__hidden_size - arch__num_layers*{_EXPERT}*({_E} - {_ACTIVE}))"
 _PER_GPU_BW = "(arch__tp*hw__hbm_bw)"
@@ -189,8 +191,7 @@ def _declare() -> tuple[Feature, ...]:
           "1e6*4*arch__num_layers*arch__num_heads*arch__head_dim*batch__prefill_context_sum/(arch__tp*hw__flops)"),
         F("rl_allreduce", "us", "2 ring all-reduces per layer: 4·layers·tokens·hidden·bytes·(tp−1)/tp / NVLink B/s",
           "simulator", "roofline",
-          f"1e6*4*arch__num_layers*{_T}*arch__hidden_size*arch__bytes_per_param*(arch__tp - 1)/arch__tp"
-          "/hw__interconnect_bw"),
+          f"{_ALLREDUCE_BYTES}/hw__interconnect_bw"),
         F("rl_expert_compute", "us", "2·T·k·3·hidden·inter·layers / (tp·ep·FLOP/s): routed-expert FLOPs",
           "simulator", "roofline",
           f"1e6*2*{_T}*{_K}*{_EXPERT}*arch__num_layers/(arch__tp*arch__ep*hw__flops)"),
@@ -217,8 +218,7 @@ def _declare() -> tuple[Feature, ...]:
           "4·layers·tokens·hidden·bytes·(tp−1)/tp) at the HBM bandwidth, as BLIS's trained-physics basis: the "
           "multiplier is the HBM/NVLink bandwidth ratio over the collective's efficiency (0 at tp = 1)",
           "simulator", "physics",
-          f"1e6*4*arch__num_layers*{_T}*arch__hidden_size*arch__bytes_per_param*(arch__tp - 1)/arch__tp"
-          "/hw__hbm_bw"),
+          f"{_ALLREDUCE_BYTES}/hw__hbm_bw"),
         F("num_moe_layers", "layers", "layers whose MLP is a mixture of experts (0 for dense)", "simulator", "physics",
           f"arch__num_layers*Min(1, Max(0, {_E} - 1))"),
         # -- operator tables: one call's own FLOPs and bytes (column maps), at peak rates ----------------
