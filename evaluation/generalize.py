@@ -45,11 +45,14 @@ __all__ = ["PRIORS", "BLACKBOX", "GROUPINGS", "LOSS_TOLERANCE", "parsimonious", 
 #: layer × log2(tp): NCCL's tree depth for small messages, so ~12 µs per all-reduce at tp = 2), the
 #: all-reduce volume at ~25 % of NVLink's peak (``rl_tp_comm`` is in HBM time, NVLink being ~3.7× slower
 #: on H100: 15 ≈ 3.7 / 0.25), ~10 µs more per MoE layer (router and token permutation), ~20–25 µs per
-#: request, 0.3 ms per step. The first adds the all-reduce volume (which grows with the batch, steepest at
-#: tp = 4) to the second; :func:`parsimonious` keeps it only when it fits clearly better.
+#: request, ~15 ns per token of context the batch holds (a per-KV-token cost beyond the KV bytes, the same on
+#: every model: the traces cannot tell it from the per-request term — batch and KV tokens correlate at 0.99
+#: in each — and calibration moves it where the experiments' context lengths differ), 0.3 ms per step. The
+#: first adds the all-reduce volume (which grows with the batch, steepest at tp = 4) and the per-token term
+#: to the second; :func:`parsimonious` keeps it only when it fits clearly better.
 PRIORS: tuple[str, ...] = (
     "300.0 + 1.0*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 15.0*rl_tp_comm"
-    " + 10.0*num_moe_layers + 20.0*batch_size",
+    " + 10.0*num_moe_layers + 20.0*batch_size + 0.015*kv_tokens",
     "300.0 + 1.1*rl_memory + 0.5*rl_prefill_compute + 50.0*num_layers + 6.0*allreduce_rounds + 10.0*num_moe_layers"
     " + 25.0*batch_size",
 )

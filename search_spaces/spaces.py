@@ -24,7 +24,8 @@ ROOFLINE = ("rl_prefill_compute", "rl_decode_compute", "rl_attn_compute", "rl_we
 #: The cross-model physics basis (features/catalog.py, group ``physics``): times at peak rates, and counts.
 PHYSICS = ("rl_memory", "rl_weight_read", "rl_kv_read", "rl_kv_write", "rl_linear_compute", "rl_prefill_compute",
            "rl_decode_compute", "rl_attn_compute", "rl_allreduce", "rl_tp_comm", "rl_bound", "n_allreduce",
-           "allreduce_rounds", "num_layers", "num_moe_layers", "batch_size", "num_prefill_reqs", "prefill_tokens")
+           "allreduce_rounds", "num_layers", "num_moe_layers", "batch_size", "kv_tokens", "num_prefill_reqs",
+           "prefill_tokens")
 #: Operator tables: sizes that vary between kernels, the roofline terms they can compute, the operator's own.
 KERNEL_ARCH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "tp")
 KERNEL_ROOFLINE = ("rl_expert_compute", "rl_expert_weights", "rl_attn_compute", "rl_kv_read")
@@ -118,8 +119,8 @@ def _declare() -> tuple[SearchSpace, ...]:
                            "c0 + c1*rl_weight_load + c2*rl_prefill_compute + c3*rl_kv_read")),
         SearchSpace(
             "physics", "the cross-model physics basis: HBM bytes and GEMM FLOPs of the step at peak rates, "
-                       "all-reduce volume, collective, layer and request counts; positive multipliers, so one "
-                       "formula's constants are efficiencies shared by every model and GPU",
+                       "all-reduce volume, collective, layer, request and context-token counts; positive "
+                       "multipliers, so one formula's constants are efficiencies shared by every model and GPU",
             PHYSICS, ("add", "mul", "max"), max_size=25, max_depth=5, constant_range=(0.0, 2.0),
             seed_formulas=(
                 "c0 + c1*rl_memory + c2*rl_prefill_compute + c3*num_layers + c4*n_allreduce + c5*batch_size",

@@ -125,6 +125,19 @@ def test_the_all_reduce_volume_in_hbm_time_is_evaluable_in_blis():
     assert "hw.interconnect_bw" in go_refusal({"rl_allreduce": get_feature("rl_allreduce").sympy_expr()})
 
 
+def test_every_physics_prior_is_evaluable_in_blis():
+    """The priors ``evaluation.generalize`` calibrates are what ``export --blis`` ships: each one's features run in BLIS."""
+    import sympy
+
+    from discovery.blis_export import go_refusal
+    from evaluation.generalize import PRIORS
+    from features.catalog import get_feature
+
+    for prior in PRIORS:
+        names = sorted(str(s) for s in sympy.sympify(prior).free_symbols)
+        assert names and go_refusal({n: get_feature(n).sympy_expr() for n in names}) is None, prior
+
+
 def test_cross_model_formula_computes_its_columns_from_the_blis_configuration(demo_export):
     exported, overlay = demo_export
     doc = json.loads((exported / "artifact.json").read_text())
