@@ -127,14 +127,13 @@ def test_the_all_reduce_volume_in_hbm_time_is_evaluable_in_blis():
 
 def test_every_physics_prior_is_evaluable_in_blis():
     """The priors ``evaluation.generalize`` calibrates are what ``export --blis`` ships: each one's features run in BLIS."""
-    import sympy
-
     from discovery.blis_export import go_refusal
     from evaluation.generalize import PRIORS
-    from features.catalog import get_feature
+    from features.catalog import get_feature, registry
+    from search_spaces.operators import parse_formula
 
-    for prior in PRIORS:
-        names = sorted(str(s) for s in sympy.sympify(prior).free_symbols)
+    for prior in PRIORS:   # parsed as evaluation.generalize parses them
+        names = sorted(str(s) for s in parse_formula(prior, list(registry()), indexed=False).free_symbols)
         assert names and go_refusal({n: get_feature(n).sympy_expr() for n in names}) is None, prior
 
 
