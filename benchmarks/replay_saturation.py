@@ -21,7 +21,8 @@ For each of the BLIS ``reasoning`` runs (4 req/s for 1,200 s of 1,082-token prom
 With ``--artifacts DIR`` (the folder ``evaluation.generalize --by model --out DIR`` wrote),
 each run is replayed instead with the calibrated formula of the fold that held its model
 out (``DIR/<model id>-stepml``: a formula that never saw that model), with the artifact's
-own overheads and scheduling mode.
+own overheads and scheduling mode, and the run's steps are checked against the operating
+range the artifact records (:mod:`evaluation.operating_range`).
 
 Goals (issue 15): failures within 10 points, E2E and TTFT of the successes within 20 %.
 Prints numbers; no assertions. About 3–5 minutes per experiment on an idle machine.
@@ -116,6 +117,9 @@ def main() -> None:
                   f"-> failures {100 * check.failures_replayed:.1f} % vs {100 * check.failures_measured:.1f} %, "
                   f"E2E {check.e2e_err:+.1f} %, TTFT {check.ttft_err:+.1f} %: {res.status}"
                   f"{' (' + check.reason + ')' if check.reason else ''}")
+        if res.range_check is not None:
+            print("   operating range: " + ("EXTRAPOLATED: " + res.range_check.describe() if res.extrapolated
+                                         else f"inside ({res.range_check.source})"))
         print(f"   {time.perf_counter() - t0:.0f} s")
         out[exp] = {"train": train, "calibration": cal, "fluid_failures": fluid, "implied_capacity": cap,
                     "replay": res.to_json_dict()}

@@ -415,7 +415,7 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
               f"range ({', '.join(f'{k} {v[0]:.0f}–{v[1]:.0f}' for k, v in beyond['training_ranges'].items())}); "
               f"predictions there span {_fmt(beyond['prediction_min_us'], '.0f')}–{_fmt(beyond['prediction_max_us'], '.0f')} µs "
               f"(training targets {beyond['training_target_range_us'][0]:.0f}–{beyond['training_target_range_us'][1]:.0f} µs).",
-              "", "## Constant rounding", ""]
+              *_range_md(doc), "", "## Constant rounding", ""]
     r = doc["rounding"]
     if r.get("significant_figures"):
         lines.append(f"Rounding to {r['significant_figures']} significant figures moves validation MAPE from "
@@ -430,6 +430,21 @@ def audit_md(doc: dict[str, Any], inv: dict[str, Any], comp: dict[str, Any], bey
     if not go.get("exported", False):
         lines.append(f"- go: not exported ({go.get('reason')})")
     return "\n".join(lines) + "\n"
+
+
+def _range_md(doc: dict[str, Any]) -> list[str]:
+    """The operating range the artifact records for replays (:mod:`evaluation.operating_range`)."""
+    from evaluation.operating_range import OUTSIDE_SHARE
+
+    span = doc.get("operating_range")
+    bounds = span.get("bounds") if isinstance(span, dict) else None
+    if not isinstance(bounds, dict) or not bounds:
+        return []
+    parts = ", ".join(f"{k} {_fmt(v[0], ',.0f')}–{_fmt(v[1], ',.0f')}" for k, v in bounds.items()
+                      if isinstance(v, list) and len(v) == 2)
+    return ["", f"Operating range of the fitted steps ({span.get('source', 'no source given')}; central "
+                f"{100 * float(span.get('coverage', 0.98)):.0f} %): {parts}. A replay with more than "
+                f"{100 * OUTSIDE_SHARE:.0f} % of its steps outside one of them is reported extrapolated."]
 
 
 def _calibration_md(doc: dict[str, Any]) -> list[str]:

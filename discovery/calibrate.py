@@ -43,8 +43,9 @@ needs hundreds of replays of every experiment; the anchored fit needs 3–6.
 The result is an artifact (``artifact.json``, schema ``stepml-artifact/1``) with
 the calibrated formula, its features' definitions over canonical columns (not
 baked to one model: it predicts any model with a config), the overheads, the
-scheduler setting, per-experiment errors and the loss history. ``replay``,
-``audit`` and ``export`` read it. A killed run continues with ``--resume``.
+scheduler setting, per-experiment errors, the loss history and the operating
+range of the fitted steps (:mod:`evaluation.operating_range`; a replay outside
+it says it extrapolates). ``replay``, ``audit`` and ``export`` read it. A killed run continues with ``--resume``.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ import numpy as np
 import sympy
 
 from evaluation.calibration import METRICS, Anchor, anchor_means
+from evaluation.operating_range import OperatingRange, fit_range
 from features import catalog
 from features.cli import run
 from features.errors import StepMLError
@@ -213,6 +215,9 @@ class CalibrationResult:
         Experiment → step MAPE (%) where step traces were given.
     history : list of dict
         One entry per outer iteration: constants, overheads, replayed loss, surrogate loss.
+    operating_range : OperatingRange or None
+        The range of the steps the constants were fitted on: the calibration
+        replays' simulated steps and the step traces (:mod:`evaluation.operating_range`).
     """
 
     expr: sympy.Expr
@@ -221,6 +226,7 @@ class CalibrationResult:
     errors: dict[str, dict[str, dict[str, float]]]
     step_mape: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
+    operating_range: OperatingRange | None = None
 
 
 # -- replays in workers ---------------------------------------------------------------------------
@@ -430,13 +436,17 @@ def calibrate(expr: sympy.Expr, experiments: Sequence[str | Path], steps: str | 
     x = np.concatenate([formula.x0, [start[name] for name in OVERHEADS]])
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    alpha, target = STEP_FRACTION, None
+    alpha, target, fitted = STEP_FRACTION, None, None
     if state:
         x, history, best = np.asarray(state["x"], dtype=float), list(state["history"]), state.get("best")
         alpha, target = float(state.get("alpha", alpha)), state.get("target")
+        fitted = state.get("operating_range")
     started = time.monotonic()
     while len(history) < settings.max_iterations and time.monotonic() - started < settings.budget_s:
         anchors = _replay_all(mapper, formula, x, exps, settings)
+        span = fit_range([a.steps for a in anchors] + [r.columns for r in rows],
+                         f"{len(anchors)} calibration replay(s)" + (f" and {len(rows)} step trace(s)" if rows else ""))
+        fitted = span.to_dict() if span is not None else fitted
         req = request_errors(formula, anchors, x, exact=True)
         replayed = loss_of(req, step_errors(formula, rows, x[:k]))
         entry = {"iteration": len(history), "x": x.tolist(), "replayed_loss": replayed, "step_fraction": alpha,
@@ -458,11 +468,12 @@ def calibrate(expr: sympy.Expr, experiments: Sequence[str | Path], steps: str | 
         x = np.asarray(best["x"]) + alpha * (np.asarray(target) - np.asarray(best["x"]))
         if checkpoint is not None:
             checkpoint({"x": x.tolist(), "history": history, "best": best, "target": np.asarray(target).tolist(),
-                        "alpha": alpha})
+                        "alpha": alpha, "operating_range": fitted})
     assert best is not None
     theta, over = _split(np.asarray(best["x"]), k)
     mape = {e: 100.0 * float(np.mean(np.abs(v))) for e, v in step_errors(formula, rows, theta).items()}
-    return CalibrationResult(formula.with_values(theta), over, float(best["loss"]), best["errors"], mape, history)
+    return CalibrationResult(formula.with_values(theta), over, float(best["loss"]), best["errors"], mape, history,
+                             OperatingRange.from_dict(fitted) if fitted else None)
 
 
 # -- artifact -------------------------------------------------------------------------------------------
@@ -498,6 +509,7 @@ def artifact_document(result: CalibrationResult, name: str, source: str, experim
         "target": "cycle", "data": str(steps) if steps else None, "data_path": str(Path(steps).resolve()) if steps else None,
         "synthetic": False, "engine": "calibrate", "seed": settings.seed, "source": source,
         "metrics": {"calibration_loss": result.loss, "step_mape": result.step_mape},
+        "operating_range": result.operating_range.to_dict() if result.operating_range is not None else None,
         "calibration": {"experiments": [e.name for e in experiments], "errors": result.errors,
                         "history": result.history, "settings": asdict(settings),
                         "windows": f"first {settings.requests_per_stage or 'all'} requests of each stage, "

@@ -8,7 +8,8 @@ is the rescored loss) and writes into ``exported/<name>/``:
 
 ``formula.py``      dependency-free predictor (``math``), numpy variant, scikit-learn-style regressor
 ``formula.tex``     the formula and each feature's definition with units
-``artifact.json``   versioned: expression, features, constants, target, data hash, split, metrics
+``artifact.json``   versioned: expression, features, constants, target, data hash, split, metrics, and the
+                    operating range of the fitted steps (:mod:`evaluation.operating_range`)
 ``formula.c``       C99 (sympy's C printer, the table's protected division)
 ``stepml.go``       BLIS's ``stepml`` latency model (``sim.LatencyModel``; simulator-available features,
                     architecture/hardware columns computed from ``sim.ModelHardwareConfig``)
@@ -175,7 +176,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
     (:func:`discovery.blis_export.write_blis`); a formula BLIS cannot evaluate
     is then refused before anything is written.
     """
-    from discovery.formula import baked_definitions, run_data
+    from discovery.formula import baked_definitions, fitted_range, run_data
     from discovery.pareto import pick_row
     from discovery.rundir import expr_of, read_run_json, reviewed_front
 
@@ -197,6 +198,7 @@ def export(run_dir: Path, pick: str = "best", name: str | None = None, out: Path
         "experiments": info.get("experiments"), "engine": str(row.get("engine", "")), "seed": info.get("seed"),
         "run_dir": str(run_dir), "pick": pick, "front_row": int(row_index), "metrics": full_metrics,
         "rounding": rounding, "synthetic": bool(info.get("synthetic")),
+        "operating_range": fitted_range(dataset, split),
     }
     return write_export(expr, defs, fields, dataset, split, name, out_dir, require_go, blis, echo)
 
@@ -228,7 +230,7 @@ def export_artifact(artifact: Path, name: str | None = None, out: Path | None = 
     check_positive(expr, used, dataset)
     metrics, _ = step_metrics(expr, dataset, split)
     keep = ("baked_columns", "data_path", "data_hash", "split", "fold", "max_gap", "colmap", "experiments", "engine",
-            "seed", "synthetic", "overheads", "scheduler", "calibration", "source", "split_note")
+            "seed", "synthetic", "overheads", "scheduler", "calibration", "source", "split_note", "operating_range")
     fields = {k: doc[k] for k in keep if k in doc}
     fields.setdefault("engine", "artifact")
     fields.update({"metrics": {**(doc.get("metrics") or {}), **metrics}, "artifact": str(artifact),

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import sympy
 
+from evaluation.operating_range import OperatingRange
 from features import catalog
 from features.dataset import Dataset
 from features.errors import StepMLError
@@ -45,6 +46,16 @@ def run_data(info: Mapping[str, Any], folder: str | Path) -> tuple[Dataset, Spli
         raise StepMLError(f"the data at {dataset.label} changed since the run (hash {dataset.content_hash()} "
                           f"vs {info['data_hash']})")
     return dataset, saved_split(folder, info, len(dataset.frame))
+
+
+def fitted_range(dataset: Dataset, split: Split) -> dict[str, Any] | None:
+    """The operating range (:meth:`~evaluation.operating_range.OperatingRange.to_dict`) of the rows a searched
+    formula was fitted and selected on: the train and validation parts of ``split``."""
+    from evaluation.operating_range import fit_range
+
+    rows = np.concatenate([split.train, split.val])
+    span = fit_range([dataset.frame.iloc[rows]], f"{rows.size} train and validation steps of {dataset.label}")
+    return span.to_dict() if span is not None else None
 
 
 def saved_split(folder: str | Path, info: Mapping[str, Any], n_rows: int) -> Split:
@@ -199,6 +210,8 @@ class ArtifactPredictor:
     the floor), exactly as the Go export's ``StepTime``: the empty batch (all
     aggregates 0) is the formula's value there, at least 1 µs. :meth:`raw` is
     the formula without the floor (the audit's INV-M-1 checks it is >= 1 µs).
+    ``operating_range`` is where its constants were fitted, when the artifact
+    records it (:mod:`evaluation.operating_range`).
     """
 
     expr: sympy.Expr
@@ -206,6 +219,7 @@ class ArtifactPredictor:
     name: str = "artifact"
     overheads: dict[str, float] | None = None
     async_scheduling: bool | None = None
+    operating_range: OperatingRange | None = None
 
     def step_function(self, constants: Mapping[str, float]) -> Any:
         """A compiled scalar step-time function for a simulator (as :meth:`FormulaPredictor.step_function`)."""
@@ -278,7 +292,10 @@ def load_artifact(path: str | Path) -> tuple[dict[str, Any], ArtifactPredictor]:
         found = doc.get("schema") if isinstance(doc, dict) else None
         raise StepMLError(f"{path}: not a StepML artifact (schema {found!r}, expected {ARTIFACT_SCHEMA})")
     expr, defs = artifact_formula(doc, path)
-    return doc, ArtifactPredictor(expr, defs, str(doc.get("name", "artifact")), *artifact_replay_settings(doc, path))
+    span = doc.get("operating_range")
+    span = OperatingRange.from_dict(span, f"{path}: operating_range") if span is not None else None
+    return doc, ArtifactPredictor(expr, defs, str(doc.get("name", "artifact")), *artifact_replay_settings(doc, path),
+                                  span)
 
 
 def artifact_replay_settings(doc: Mapping[str, Any], source: Path | str = "artifact") -> tuple[dict[str, float] | None,

@@ -171,19 +171,28 @@ def _held_out(result: Any, test: Sequence[Path], seed: int, mapper: Any) -> dict
 
     n = len(test)
     over = result.overheads
-    rows = mapper(replay_errors, [str(e) for e in test], [sympy.srepr(result.expr)] * n, [over] * n, [seed] * n)
+    span = result.operating_range.to_dict() if result.operating_range is not None else None
+    rows = mapper(replay_errors, [str(e) for e in test], [sympy.srepr(result.expr)] * n, [over] * n, [seed] * n,
+                  [span] * n)
     return {e.name: r for e, r in zip(test, rows)}
 
 
-def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int) -> dict[str, Any]:
-    """Full replay of one experiment with a calibrated formula: errors and means (module-level: picklable)."""
+def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int,
+                  operating_range: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Full replay of one experiment with a calibrated formula: errors and means (module-level: picklable).
+
+    ``operating_range`` (:meth:`~evaluation.operating_range.OperatingRange.to_dict`)
+    is where the formula was calibrated; the row says whether the replay leaves it.
+    """
+    from evaluation.operating_range import OperatingRange
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import replay_experiment
     from features import catalog
     from search_spaces.operators import parse_formula
 
     expr = parse_formula(srepr, list(catalog.registry()), indexed=False)
-    result = replay_experiment(exp_dir, FormulaPredictor(expr, tuple(catalog.registry()), "generalize"), seed,
+    span = OperatingRange.from_dict(operating_range) if operating_range is not None else None
+    result = replay_experiment(exp_dir, FormulaPredictor(expr, tuple(catalog.registry()), "generalize", span), seed,
                                overheads["queue_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
                                async_scheduling=True, explain=False)
     window = "summary" if "summary" in result.measured else next(iter(result.measured), "summary")
@@ -196,6 +205,8 @@ def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed
     return {"e2e_err": abs(signed["e2e_err"]), "ttft_err": abs(signed["ttft_err"]), "itl_err": abs(signed["itl_err"]),
             "signed": {k: signed[k] for k in ("e2e_err", "ttft_err", "itl_err")}, "means": means,
             "saturated": bool(result.saturated),
+            "extrapolated": result.extrapolated,
+            "outside": result.range_check.describe() if result.range_check is not None else "",
             "load": result.load.to_dict() if result.load is not None else None,
             "stage_errors": {w: result.errors(w) for w in result.predicted if w in result.measured and w != "summary"}}
 
@@ -259,7 +270,8 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
     for exp, r in ours.items():
         echo(f"  [{group}] held out {exp}: E2E {r['e2e_err']:.1f} %, TTFT {r['ttft_err']:.1f} %, ITL "
              f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)"
-             + ("; SATURATED" if r.get("saturated") else ""))
+             + ("; SATURATED" if r.get("saturated") else "")
+             + (f"; EXTRAPOLATED ({r['outside']})" if r.get("extrapolated") else ""))
     artifacts = {kind: _write_artifact(res, out, group, kind, train, steps, used)
                  for kind, res, used in (("stepml", chosen, settings), ("blackbox", baseline, plain))}
     return FoldResult(group, tuple(e.name for e in train), tuple(e.name for e in test), sympy.sstr(chosen.expr),
@@ -285,19 +297,22 @@ def summary(fold_results: Sequence[FoldResult], key: str = "errors") -> dict[str
 
 def table(fold_results: Sequence[FoldResult]) -> str:
     """The text report: one row per held-out experiment, ours beside the blackbox."""
-    lines = [f"{'experiment':<44} {'held out':<28} {'E2E%':>6} {'TTFT%':>6} {'ITL%':>6}  "
+    lines = [f"{'experiment':<45} {'held out':<28} {'E2E%':>6} {'TTFT%':>6} {'ITL%':>6}  "
              f"{'E2E meas/pred s':>16}  {'bb E2E%':>7} {'bb TTFT%':>8} {'bb ITL%':>7}"]
     for f in fold_results:
         for exp, r in f.errors.items():
             b = f.baseline_errors[exp]
             m = r["means"]["e2e"]
-            flag = "*" if r.get("saturated") else " "
-            lines.append(f"{exp:<43}{flag} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
+            flag = ("*" if r.get("saturated") else "") + ("+" if r.get("extrapolated") else "")
+            lines.append(f"{exp:<43}{flag:<2} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
                          f"{m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
                          f"{b['itl_err']:>7.1f}")
     ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
     if any(r.get("saturated") for f in fold_results for r in f.errors.values()):
         lines.append("* saturated: the offered load exceeds the predicted capacity (evaluation.capacity)")
+    if any(r.get("extrapolated") for f in fold_results for r in f.errors.values()):
+        lines.append("+ extrapolated: the replay's steps leave the range the formula was calibrated on "
+                     "(evaluation.operating_range)")
     if ours:
         lines.append(f"mean |error| — ours: E2E {ours['e2e_mean']:.1f} % (max {ours['e2e_max']:.1f}), TTFT "
                      f"{ours['ttft_mean']:.1f} %, ITL {ours['itl_mean']:.1f} %;  blackbox: E2E {base['e2e_mean']:.1f} %, "

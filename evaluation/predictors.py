@@ -52,11 +52,15 @@ class FormulaPredictor:
         Feature names the formula may use.
     name : str
         Label for reports.
+    operating_range : OperatingRange, optional
+        Where the formula was fitted (:mod:`evaluation.operating_range`); a replay
+        outside it says it extrapolates.
     """
 
     expr: sympy.Expr
     features: tuple[str, ...]
     name: str = "formula"
+    operating_range: Any = field(default=None, compare=False, repr=False)
     _fn: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +167,9 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     """A predictor from a CLI spec: ``RUN_DIR[:ROW]``, ``baseline:NAME`` or an artifact path.
 
     ``RUN_DIR[:ROW]``: the run's front row ``ROW`` (``best`` default, ``accuracy``,
-    ``knee`` or a row number) as a :class:`~evaluation.predictors.FormulaPredictor`.
+    ``knee`` or a row number) as a :class:`~evaluation.predictors.FormulaPredictor`,
+    with the operating range of the run's train and validation rows when its data is
+    at hand.
     ``ARTIFACT.json`` (or an export folder): the exported formula
     (:class:`~discovery.formula.ArtifactPredictor`).
     ``baseline:NAME``: that baseline fitted on the cycle target of ``fit_data``
@@ -191,7 +197,21 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     front, eligible = reviewed_front(run_dir)
     k = pick_row(front, row, eligible)
     expr = expr_of(front.iloc[k])
-    return FormulaPredictor(expr, tuple(catalog.registry()), name=f"{run_dir.name}:{row}")
+    return FormulaPredictor(expr, tuple(catalog.registry()), name=f"{run_dir.name}:{row}",
+                            operating_range=_run_range(run_dir))
+
+
+def _run_range(run_dir: Path) -> Any:
+    """The operating range of a run's train and validation rows; None when its data is no longer at hand."""
+    from discovery.formula import fitted_range, run_data
+    from discovery.rundir import read_run_json
+    from evaluation.operating_range import OperatingRange
+
+    try:
+        span = fitted_range(*run_data(read_run_json(run_dir), run_dir))
+    except StepMLError:
+        return None
+    return OperatingRange.from_dict(span) if span is not None else None
 
 
 def _fit_baseline(name: str, fit_data: str | Path | None, fit_experiments: Sequence[str] | None) -> Any:

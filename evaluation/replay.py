@@ -55,6 +55,11 @@ Model of one experiment
   failure fraction misses by more than 10 points or the successes' mean E2E or TTFT
   by more than 20 %, the model does not explain the run: the experiment is reported
   ``unexplained`` and no prediction is printed for it.
+- Operating range (:mod:`evaluation.operating_range`): a predictor that records
+  where its constants were fitted (calibrated and exported artifacts do) is
+  checked against the replay's simulated steps; a run whose steps leave that range
+  (e.g. three times the context per request of any fitted step) is reported
+  ``extrapolated``, beside its prediction.
 
 What the replay leaves to calibration (measured, BLIS experiments)
 ------------------------------------------------------------------
@@ -92,6 +97,7 @@ import pandas as pd
 from evaluation.capacity import LoadReport, load_report
 from evaluation.latency_metrics import (LATENCY_METRICS, LifecycleSummary, Ragged, end_tail_s, relative_error,
                                         sse_line_times, summarize_lifecycle, summarize_values)
+from evaluation.operating_range import RangeCheck, replay_range_check
 from evaluation.replay_setup import (ClientLimits, ExperimentSetup, estimate_kv_blocks, kv_blocks_for,
                                      measured_windows, prepare_experiment, resolve_experiment, scheduler_config,
                                      step_time_function)
@@ -167,6 +173,9 @@ class ReplayResult:
         What ITL and TPOT are per: ``line`` (inference-perf's streamed lines) or ``token``.
     server : mapping or None
         A request log's server settings and where each came from (:class:`evaluation.server_spec.ServerSpec`).
+    range_check : RangeCheck or None
+        The simulated steps against the predictor's operating range, when it has one
+        (:mod:`evaluation.operating_range`).
     """
 
     experiment_id: str
@@ -193,6 +202,12 @@ class ReplayResult:
     kind: str = "experiment"
     per: str = "line"
     server: Mapping[str, Any] | None = field(default=None, repr=False)
+    range_check: RangeCheck | None = None
+
+    @property
+    def extrapolated(self) -> bool:
+        """The replay's steps leave the predictor's operating range (its step time is an extrapolation)."""
+        return bool(self.range_check is not None and self.range_check.extrapolates)
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -263,6 +278,8 @@ class ReplayResult:
             "window_errors": {} if unexplained else {w: self.errors(w) for w in self.predicted if w in self.measured},
             "load": self.load.to_dict() if self.load is not None else None,
             "check": self.check.to_dict() if self.check is not None else None,
+            "extrapolated": self.extrapolated,
+            "operating_range": self.range_check.to_dict() if self.range_check is not None else None,
             "client_timeout_s": self.client.timeout_s if self.client is not None else None,
             "predictor": self.predictor,
             "seed": self.seed,
@@ -360,10 +377,10 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     all_stages = chosen == list(range(len(setup.profile.stages)))
     measured = {} if max_requests is not None else measured_windows(setup.exp_dir, chosen, all_stages)
     load = load_report(setup, step_fn, pname) if capacity else None
-    kept = {}
+    kept: dict[str, Any] = {"range_check": replay_range_check(predictor, sim.steps)}
     if keep_sim:
         arrival = placed.loc[accepted, "arrival_s"].to_numpy(dtype=float) + queue_overhead_s
-        kept = {"sim": sim, "accepted": accepted, "sim_arrival_s": arrival, "constants": dict(setup.constants)}
+        kept.update(sim=sim, accepted=accepted, sim_arrival_s=arrival, constants=dict(setup.constants))
     result = ReplayResult(setup.meta.experiment_id, pname, int(seed), predicted, measured, table,
                           int(len(sim.steps)), int(setup.kv_blocks or 0), setup.kv_source, setup.config,
                           setup.input_offset, sim_seconds, 0.0,

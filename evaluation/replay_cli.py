@@ -22,11 +22,13 @@ however long it takes (no client timeout); ``--no-check`` skips the explanation 
 of failing experiments (:mod:`evaluation.saturation`). ``--json`` prints
 ``{"experiments": {id: {"e2e_err", "ttft_err", "itl_err", "tpot_err",
 "throughput_err", "status", "saturated", "failures": {"measured", "predicted"},
-"load", "check", "predicted", "measured", "kind", "per", ...}}}`` with absolute errors
+"load", "check", "extrapolated", "operating_range", "predicted", "measured", "kind", "per", ...}}}`` with absolute errors
 in percent of the measured whole-run means of the successes (throughput: requests per
 second; a request log adds ``server``: its settings and where each came from);
 an ``unexplained`` experiment has None instead of errors and a predicted failure
-fraction.
+fraction. ``extrapolated`` is true when the replay's steps leave the operating range
+the predictor records (:mod:`evaluation.operating_range`); ``operating_range`` gives,
+per quantity, the shares of steps below and above that range.
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ def format_result(result: ReplayResult) -> str:
     failures, capacity and saturation; an unexplained experiment shows its evidence instead."""
     if result.kind == "experiment":
         head = (f"experiment {result.experiment_id}   predictor {result.predictor}   seed {result.seed}   "
-                f"status {result.status}{'   SATURATED' if result.saturated else ''}")
+                f"status {result.status}{'   SATURATED' if result.saturated else ''}"
+                f"{'   EXTRAPOLATED' if result.extrapolated else ''}")
         timeout = result.client.timeout_s if result.client and result.client.timeout_s else "none"
         detail = f", inputs {result.input_offset:+d} tokens, client timeout {timeout} s"
     else:
@@ -149,6 +152,10 @@ def format_result(result: ReplayResult) -> str:
     lines = [head, f"  {len(result.requests)} requests, {result.num_steps} steps, KV {result.kv_blocks} blocks "
                    f"({result.kv_source}){detail}, replay {result.wall_seconds:.1f} s"]
     lines.extend(_server_rows(result))
+    if result.extrapolated:
+        lines.append(f"  EXTRAPOLATED: the steps leave the predictor's operating range "
+                     f"({result.range_check.source}): {result.range_check.describe()}; its step time there is "
+                     "an extrapolation, not a calibrated prediction")
     if result.status == "unexplained":
         lines.append("  UNEXPLAINED: the replay's model does not reproduce this run even at the measured decode "
                      "pace, so no prediction is printed")

@@ -50,6 +50,18 @@ def test_export_writes_every_artifact(exported):
     assert r"\begin{equation}" in (exported / "formula.tex").read_text()
 
 
+def test_the_export_records_the_range_of_the_steps_it_was_fitted_on(exported):
+    from evaluation.operating_range import step_quantities
+
+    doc, predictor = load_artifact(exported)
+    dataset, split = run_data(doc, exported)
+    fitted = step_quantities(dataset.frame.iloc[np.concatenate([split.train, split.val])])
+    assert predictor.operating_range.steps == fitted["requests_per_step"].size
+    for name, (lo, hi) in predictor.operating_range.bounds.items():
+        assert fitted[name].min() <= lo <= hi <= fitted[name].max(), name
+        assert np.mean((fitted[name] >= lo) & (fitted[name] <= hi)) >= 0.97, name   # the central 98 % (ties: more)
+
+
 def test_exported_loss_equals_rescored_loss(exported):
     doc, predictor = load_artifact(exported)
     dataset, split = run_data(doc, exported)
@@ -118,6 +130,8 @@ def test_audit_writes_report_and_verdicts(exported, capsys):
     assert "formula" in result["metrics"]["comparison"]["overall"]
     text = (exported / "AUDIT.md").read_text()
     assert "INV-M-5" in text and "SYNTHETIC" in text and "Wilcoxon" in text
+    lo, hi = predictor.operating_range.bounds["context_per_request"]
+    assert f"context_per_request {lo:,.0f}–{hi:,.0f}" in text and "reported extrapolated" in text
     assert (exported / "residuals.png").read_bytes()[:4] == b"\x89PNG"
 
 
