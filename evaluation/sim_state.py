@@ -119,6 +119,7 @@ class SimState:
         self.now = 0.0                                      # µs since the first arrival
         self.one_ahead = bool(getattr(cfg, "async_scheduling", False))
         self.prev_start = -1.0                              # start of the step in flight (< 0: engine idle)
+        self.held = 0                                       # slots still held by requests that just finished (async)
         self.sid = 0
         self.n_done = 0                                     # finished or aborted
 
@@ -172,6 +173,7 @@ class SimState:
     def engine_idles(self) -> None:
         """Nothing was formed ahead: the engine idles until the next arrival (or schedules what has arrived)."""
         self.prev_start = -1.0
+        self.held = 0
         if self.arr_us_l[self.nxt] > self.now:
             self.jump_to_next_arrival()
 
@@ -235,7 +237,10 @@ class SimState:
     def schedule_waiting(self, batch: Batch) -> None:
         """Admit waiting requests FCFS while slots, budget and KV blocks allow (not after a preemption)."""
         waiting = self.waiting
-        if batch.preempted or not waiting or batch.budget <= 0 or batch.run.size >= self.max_seqs:
+        # Slots of requests that finished in the step in flight free a step later (async), unless
+        # nothing else would run: then the engine waits for that step's output and frees them first.
+        slots = self.max_seqs - batch.run.size - (self.held if batch.run.size else 0)
+        if batch.preempted or not waiting or batch.budget <= 0 or slots <= 0:
             return
         bs, chunked, cap, use_prefix = self.bs, self.chunked, self.cap, self.use_prefix
         budget, used = batch.budget, batch.used
@@ -244,7 +249,6 @@ class SimState:
         new_c: list[int] = []
         new_n: list[int] = []
         new_p: list[int] = []
-        slots = self.max_seqs - batch.run.size
         while waiting and budget > 0 and len(new_ids) < slots:
             r = waiting[0]
             pr = int(self.prompt[r])
@@ -328,7 +332,11 @@ class SimState:
         if self.use_prefix:
             self._mark_cached(run, c2)
         emit = (alloc > 0) & (c2 >= p)
-        cols["batch.num_finished"].append(self._emit(run, emit, self.t0 + end * 1e-6))
+        finished = self._emit(run, emit, self.t0 + end * 1e-6)
+        cols["batch.num_finished"].append(finished)
+        # One step ahead, the next batch was formed while this step ran: a request that finishes
+        # here still sat in vLLM's running list then (skipped, not computed), so its slot frees a step later.
+        self.held = finished if self.one_ahead else 0
         self.prev_start = now
         self.now = end
         self.sid += 1

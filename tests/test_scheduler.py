@@ -111,6 +111,18 @@ def test_max_num_seqs_caps_running_set():
     assert res.requests["e2e_s"].iloc[2] == pytest.approx(6 * MS)
 
 
+def test_async_a_finished_request_holds_its_slot_one_more_step():
+    """vLLM forms step k+1 before step k's output: the request finishing in k still fills a slot then."""
+    work = wl([0.0, 0.0, 0.0], [5, 5, 5], [3, 10, 3])
+    sync, ahead = (simulate(work, SchedulerConfig(max_num_seqs=2, async_scheduling=a), const) for a in (False, True))
+    assert sync.requests["queue_s"].iloc[2] == pytest.approx(3 * MS)       # takes r0's slot in step 3
+    assert ahead.requests["queue_s"].iloc[2] == pytest.approx(4 * MS)      # step 3 runs r1 alone
+    assert ahead.steps["queue.running_depth"].tolist()[:5] == [2, 2, 2, 1, 2]
+    alone = simulate(wl([0.0, 0.0, 0.0], [5, 5, 5], [3, 3, 3]), SchedulerConfig(max_num_seqs=2, async_scheduling=True),
+                     const)
+    assert alone.requests["queue_s"].iloc[2] == pytest.approx(3 * MS)      # nothing else runs: no step is lost
+
+
 # (4) preemption by recompute ----------------------------------------------------------
 
 def test_preemption_recomputes_input_plus_generated_tokens():
