@@ -45,7 +45,8 @@ the calibrated formula, its features' definitions over canonical columns (not
 baked to one model: it predicts any model with a config), the overheads, the
 scheduler setting, per-experiment errors, the loss history and the operating
 range of the fitted steps (:mod:`evaluation.operating_range`; a replay outside
-it says it extrapolates). ``replay``, ``audit`` and ``export`` read it. A killed run continues with ``--resume``.
+it says it extrapolates). ``replay``, ``audit`` and ``export`` read it. A
+killed run continues with ``--resume``.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import sympy
 
-from evaluation.operating_range import OperatingRange
+from evaluation.operating_range import OperatingRange, fit_range
 from features import catalog
 from features.dataset import Dataset
 from features.errors import StepMLError
@@ -51,8 +51,6 @@ def run_data(info: Mapping[str, Any], folder: str | Path) -> tuple[Dataset, Spli
 def fitted_range(dataset: Dataset, split: Split) -> dict[str, Any] | None:
     """The operating range (:meth:`~evaluation.operating_range.OperatingRange.to_dict`) of the rows a searched
     formula was fitted and selected on: the train and validation parts of ``split``."""
-    from evaluation.operating_range import fit_range
-
     rows = np.concatenate([split.train, split.val])
     span = fit_range([dataset.frame.iloc[rows]], f"{rows.size} train and validation steps of {dataset.label}")
     return span.to_dict() if span is not None else None

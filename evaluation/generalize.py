@@ -304,8 +304,8 @@ def table(fold_results: Sequence[FoldResult]) -> str:
             b = f.baseline_errors[exp]
             m = r["means"]["e2e"]
             flag = ("*" if r.get("saturated") else "") + ("+" if r.get("extrapolated") else "")
-            lines.append(f"{exp:<43}{flag:<2} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} {r['itl_err']:>6.1f}  "
-                         f"{m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
+            lines.append(f"{exp:<43}{flag:<2} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} "
+                         f"{r['itl_err']:>6.1f}  {m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
                          f"{b['itl_err']:>7.1f}")
     ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
     if any(r.get("saturated") for f in fold_results for r in f.errors.values()):

@@ -22,8 +22,9 @@ however long it takes (no client timeout); ``--no-check`` skips the explanation 
 of failing experiments (:mod:`evaluation.saturation`). ``--json`` prints
 ``{"experiments": {id: {"e2e_err", "ttft_err", "itl_err", "tpot_err",
 "throughput_err", "status", "saturated", "failures": {"measured", "predicted"},
-"load", "check", "extrapolated", "operating_range", "predicted", "measured", "kind", "per", ...}}}`` with absolute errors
-in percent of the measured whole-run means of the successes (throughput: requests per
+"load", "check", "extrapolated", "operating_range", "predicted", "measured", "kind",
+"per", ...}}}`` with absolute errors in percent of the measured whole-run means of
+the successes (throughput: requests per
 second; a request log adds ``server``: its settings and where each came from);
 an ``unexplained`` experiment has None instead of errors and a predicted failure
 fraction. ``extrapolated`` is true when the replay's steps leave the operating range
