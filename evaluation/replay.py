@@ -111,7 +111,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ReplayResult", "replay_experiment", "client_view", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS",
-           "resolve_experiment"]
+           "resolve_experiment", "with_seed_spread", "SPREAD_KEYS"]
 
 #: JSON error key → (latency metric or throughput attribute).
 ERROR_KEYS: dict[str, str] = {
@@ -176,6 +176,9 @@ class ReplayResult:
     range_check : RangeCheck or None
         The simulated steps against the predictor's operating range, when it has one
         (:mod:`evaluation.operating_range`).
+    seed_errors : mapping or None
+        Workload seed → signed headline errors (:meth:`errors`) of a replay of that
+        seed, this one's included (:func:`with_seed_spread`).
     """
 
     experiment_id: str
@@ -203,6 +206,7 @@ class ReplayResult:
     per: str = "line"
     server: Mapping[str, Any] | None = field(default=None, repr=False)
     range_check: RangeCheck | None = None
+    seed_errors: Mapping[int, Mapping[str, float]] | None = None
 
     @property
     def extrapolated(self) -> bool:
@@ -253,6 +257,21 @@ class ReplayResult:
         return {"measured": meas.failure_fraction if meas is not None else None,
                 "predicted": pred.failure_fraction if pred is not None else None}
 
+    def seed_spread(self) -> dict[str, Any] | None:
+        """``{"seeds": [...], KEY: [signed %, one per seed], "mean": {KEY: %}, "min": ..., "max": ...}`` or None.
+
+        KEY: ``e2e_err``, ``ttft_err``, ``itl_err`` of the headline window.
+        """
+        if not self.seed_errors:
+            return None
+        seeds = sorted(self.seed_errors)
+        out: dict[str, Any] = {"seeds": seeds}
+        for key in SPREAD_KEYS:
+            out[key] = [float(self.seed_errors[s][key]) for s in seeds]
+        for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+            out[stat] = {key: float(fn(out[key])) for key in SPREAD_KEYS}
+        return out
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--json`` entry of this experiment (absolute errors of the whole run, in %).
 
@@ -280,6 +299,7 @@ class ReplayResult:
             "check": self.check.to_dict() if self.check is not None else None,
             "extrapolated": self.extrapolated,
             "operating_range": self.range_check.to_dict() if self.range_check is not None else None,
+            "seed_spread": self.seed_spread(),
             "client_timeout_s": self.client.timeout_s if self.client is not None else None,
             "predictor": self.predictor,
             "seed": self.seed,
@@ -297,6 +317,31 @@ class ReplayResult:
         if self.server is not None:
             out["server"] = dict(self.server)
         return json_safe(out)
+
+
+#: The errors :meth:`ReplayResult.seed_spread` reports.
+SPREAD_KEYS = ("e2e_err", "ttft_err", "itl_err")
+
+
+def with_seed_spread(result: ReplayResult, exp_dir: str | Path, predictor: Any, n_seeds: int,
+                     **replay_kwargs: Any) -> ReplayResult:
+    """``result`` with the headline errors of ``n_seeds`` workload seeds (its own and the next ones).
+
+    inference-perf draws a run's arrival times and prompts at random (unseeded), so
+    a measurement is one realisation; near a limit (a full ``max_num_seqs``, a
+    saturated stage) the queueing and hence TTFT depend on that draw. Replaying
+    several seeds shows how much of an error is the draw. ``replay_kwargs`` are
+    those ``result`` was replayed with; the extra replays skip the capacity
+    estimate and the explanation check.
+    """
+    if n_seeds < 1:
+        raise StepMLError(f"--seeds must be >= 1, got {n_seeds}")
+    window = result.headline_window
+    errors = {result.seed: result.errors(window)}
+    kwargs = {**replay_kwargs, "capacity": False, "explain": False}
+    for seed in range(result.seed + 1, result.seed + n_seeds):
+        errors[seed] = replay_experiment(exp_dir, predictor, seed, **kwargs).errors(window)
+    return replace(result, seed_errors=errors)
 
 
 # -- replay ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Command line of the replay: ``python -m evaluation.replay``.
 
 ``python -m evaluation.replay --predictor RUN_DIR[:ROW]|ARTIFACT.json|baseline:NAME --experiments DIR [DIR ...]
-[--fit-data PATH] [--fit-experiments ID[,ID...]] [--seed N] [--queue-overhead-s S]
+[--fit-data PATH] [--fit-experiments ID[,ID...]] [--seed N] [--seeds N] [--queue-overhead-s S]
 [--post-overhead-s S] [--end-overhead-s S] [--calibrate-on DIR] [--no-timeout] [--no-check] [--json]``
 
 ``python -m evaluation.replay --predictor P --requests FILE [FILE ...] [--colmap MAP] --server FILE.yaml [--json]``
@@ -29,7 +29,9 @@ second; a request log adds ``server``: its settings and where each came from);
 an ``unexplained`` experiment has None instead of errors and a predicted failure
 fraction. ``extrapolated`` is true when the replay's steps leave the operating range
 the predictor records (:mod:`evaluation.operating_range`); ``operating_range`` gives,
-per quantity, the shares of steps below and above that range.
+per quantity, the shares of steps below and above that range. ``--seeds N`` also
+replays the next ``N − 1`` workload seeds of each experiment and prints the mean and
+range of its E2E, TTFT and ITL errors over the ``N`` draws (JSON ``seed_spread``).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from typing import Sequence
 
 from evaluation.latency_metrics import LATENCY_METRICS, relative_error
 from evaluation.predictors import load_predictor
-from evaluation.replay import ReplayResult, calibrate_overheads, replay_experiment
+from evaluation.replay import ReplayResult, calibrate_overheads, replay_experiment, with_seed_spread
 from evaluation.replay_setup import resolve_experiment
 from evaluation.request_replay import is_request_trace, replay_request_trace, replay_requests, server_for
 from evaluation.server_spec import ServerSpec
@@ -124,6 +126,17 @@ def _check_rows(result: ReplayResult) -> list[str]:
     return [head, verdict]
 
 
+def _spread_rows(result: ReplayResult) -> list[str]:
+    """The headline errors over the workload seeds (``--seeds``)."""
+    spread = result.seed_spread()
+    if spread is None:
+        return []
+    parts = [f"{label} {spread['mean'][key]:+.1f} % [{spread['min'][key]:+.1f}, {spread['max'][key]:+.1f}]"
+             for label, key in (("E2E", "e2e_err"), ("TTFT", "ttft_err"), ("ITL", "itl_err"))]
+    return [f"  over {len(spread['seeds'])} workload seeds ({spread['seeds'][0]}-{spread['seeds'][-1]}), error mean "
+            f"[min, max]: " + ", ".join(parts)]
+
+
 def _server_rows(result: ReplayResult) -> list[str]:
     """The server's settings, and the ones taken by default with the reason."""
     if result.server is None:
@@ -162,6 +175,7 @@ def format_result(result: ReplayResult) -> str:
                      "pace, so no prediction is printed")
     else:
         lines.extend(_metric_rows(result))
+    lines.extend(_spread_rows(result))
     lines.extend(_load_rows(result))
     lines.extend(_check_rows(result))
     for note in result.notes:
@@ -191,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="step data a baseline is fitted on (default: <data root>/blis/steps/enriched_steps.parquet)")
     parser.add_argument("--fit-experiments", default=None, help="comma-separated experiment ids to fit a baseline on")
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="also replay the next N-1 workload seeds and report the spread of the E2E, TTFT and ITL "
+                             "errors (inference-perf draws arrivals at random: one run is one draw; default 1)")
     parser.add_argument("--queue-overhead-s", type=float, default=0.0, help="client send -> scheduler delay (s)")
     parser.add_argument("--post-overhead-s", type=float, default=0.0, help="step end -> client delay per token (s)")
     parser.add_argument("--end-overhead-s", type=float, default=0.0, help="last streamed line -> request end (s)")
@@ -231,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.seed < 0:
         raise StepMLError(f"--seed must be >= 0, got {args.seed}")
+    if args.seeds < 1:
+        raise StepMLError(f"--seeds must be >= 1, got {args.seeds}")
     if not args.requests and (args.server is not None or args.colmap is not None):
         raise StepMLError("--server and --colmap describe --requests logs; give --requests FILE")
     if not args.experiments and not args.requests:
@@ -277,9 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       post_overhead_s=overheads["post_overhead_s"],
                                       end_overhead_s=overheads["end_overhead_s"], async_scheduling=use_async))
             continue
-        show(replay_experiment(exp, predictor, args.seed, overheads["queue_overhead_s"],
-                               overheads["post_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
-                               explain=not args.no_check, async_scheduling=use_async, **options))
+        kwargs = {"queue_overhead_s": overheads["queue_overhead_s"], "post_overhead_s": overheads["post_overhead_s"],
+                  "end_overhead_s": overheads["end_overhead_s"], "async_scheduling": use_async, **options}
+        result = replay_experiment(exp, predictor, args.seed, explain=not args.no_check, **kwargs)
+        if args.seeds > 1 and result.measured:
+            result = with_seed_spread(result, exp, predictor, args.seeds, **kwargs)
+        show(result)
     if args.json:
         print(json.dumps({"predictor": str(getattr(predictor, "name", "")), "seed": args.seed,
                           "overheads": overheads, "scheduling": "async" if use_async else "sync", "calibrated_on": args.calibrate_on,

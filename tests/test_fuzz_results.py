@@ -361,12 +361,13 @@ def _tiny_experiment(root: Path, results: bool = True) -> Path:
     return exp
 
 
-def test_replay_with_a_negative_seed_is_one_line(exported, tmp_path, capsys, isolated_metadata):
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--seeds", "0")])
+def test_replay_with_a_bad_seed_is_one_line(flag, value, exported, tmp_path, capsys, isolated_metadata):
     from evaluation import replay
 
     exp = _tiny_experiment(tmp_path)
     one_line_error(capsys, run_main(replay.main, ["--predictor", str(exported / "artifact.json"),
-                                                  "--experiments", str(exp), "--seed", "-1"]), "--seed")
+                                                  "--experiments", str(exp), flag, value]), f"{flag} must be >= ")
 
 
 def test_replay_of_an_experiment_without_results_says_so(exported, real_path, tmp_path, capsys):

@@ -15,7 +15,7 @@ import yaml
 from evaluation.predictors import FormulaPredictor
 
 from evaluation.replay import (ReplayResult, calibrate_overheads, estimate_kv_blocks, load_predictor, main,
-                               replay_experiment)
+                               replay_experiment, with_seed_spread)
 from evaluation.workloads import (LoadStage, experiment_profile, parse_profile, read_profile,
                                   requests_from_profile, requests_from_table, stage_arrivals, to_workload)
 from features.errors import StepMLError
@@ -551,3 +551,33 @@ def test_capacity_at_the_measured_pace_matches_the_measured_decode_time(real_pat
     implied = 128 / (meas.request_latency.mean - meas.time_to_first_token.mean)
     assert load.capacity.requests_per_s == pytest.approx(implied, rel=0.03)
     assert load.saturated and load.stages[0].offered_requests_per_s == 4.0
+
+
+def test_seeds_report_the_spread_of_the_errors_over_workload_draws(tmp_path, capsys):
+    from features.demo_experiments import law_expression, write_demo_experiments
+    from features import catalog
+
+    write_demo_experiments(tmp_path)
+    exp = next(p for p in sorted((tmp_path / "blis" / "experiments").iterdir()) if "dense-8b-tp1-chat" in p.name)
+    law = FormulaPredictor(law_expression(), tuple(catalog.registry()))
+    first = replay_experiment(exp, law, 4, async_scheduling=True)
+    spread = with_seed_spread(first, exp, law, 3, async_scheduling=True).seed_spread()
+    assert spread["seeds"] == [4, 5, 6]
+    assert spread["ttft_err"][0] == pytest.approx(first.errors()["ttft_err"])       # the headline draw is the first
+    assert spread["ttft_err"][1] == pytest.approx(replay_experiment(exp, law, 5, async_scheduling=True)
+                                                  .errors()["ttft_err"])
+    assert len(set(spread["e2e_err"])) == 3                                        # three different draws
+    assert spread["min"]["e2e_err"] <= spread["mean"]["e2e_err"] <= spread["max"]["e2e_err"]
+    assert first.seed_spread() is None and first.to_json_dict()["seed_spread"] is None
+    run = tmp_path / "law.json"
+    used = sorted(str(s) for s in law_expression().free_symbols)
+    run.write_text(json.dumps({"schema": "stepml-artifact/1", "name": "law",
+                               "expression": {"srepr": sympy.srepr(law_expression())},
+                               "features": [{"name": f, "definition_srepr":
+                                             sympy.srepr(catalog.get_feature(f).sympy_expr())} for f in used]}))
+    assert main(["--predictor", str(run), "--experiments", str(exp), "--seed", "4", "--seeds", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)["experiments"][exp.name]
+    assert doc["seed_spread"]["seeds"] == [4, 5, 6]
+    assert doc["seed_spread"]["ttft_err"] == pytest.approx(spread["ttft_err"])
+    assert main(["--predictor", str(run), "--experiments", str(exp), "--seeds", "2"]) == 0
+    assert "over 2 workload seeds (0-1), error mean [min, max]: E2E" in capsys.readouterr().out
