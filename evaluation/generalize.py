@@ -17,7 +17,8 @@ The blackbox baseline (``c0 + c1·prefill_tokens + c2·decode_tokens``, the
 simulators' default shape) is calibrated and replayed the same way beside it.
 ``--by none`` calibrates on every experiment and replays every experiment
 (the in-sample check). Errors are absolute, in %, of the whole-run means, as
-``evaluation.replay`` computes them.
+``evaluation.replay`` computes them; with ``--seeds K`` they are those of the
+mean prediction over K workload draws (a measured run is one random draw).
 
 Default experiments: the 12 non-``reasoning`` experiments under
 ``<data root>/blis/experiments`` (the four ``reasoning`` runs are overloaded).
@@ -166,49 +167,61 @@ def _calibrated(text: str, train: Sequence[Path], steps: Path | None, settings: 
     return calibrate(expr, train, steps, settings, mapper)
 
 
-def _held_out(result: Any, test: Sequence[Path], seed: int, mapper: Any) -> dict[str, dict[str, Any]]:
+def _held_out(result: Any, test: Sequence[Path], seed: int, mapper: Any,
+              seeds: int = 1) -> dict[str, dict[str, Any]]:
     import sympy
 
     n = len(test)
     over = result.overheads
     span = result.operating_range.to_dict() if result.operating_range is not None else None
     rows = mapper(replay_errors, [str(e) for e in test], [sympy.srepr(result.expr)] * n, [over] * n, [seed] * n,
-                  [span] * n)
+                  [span] * n, [seeds] * n)
     return {e.name: r for e, r in zip(test, rows)}
 
 
 def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int,
-                  operating_range: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  operating_range: Mapping[str, Any] | None = None, seeds: int = 1) -> dict[str, Any]:
     """Full replay of one experiment with a calibrated formula: errors and means (module-level: picklable).
 
     ``operating_range`` (:meth:`~evaluation.operating_range.OperatingRange.to_dict`)
     is where the formula was calibrated; the row says whether the replay leaves it.
+    With ``seeds`` > 1 the workload draws ``seed`` … ``seed + seeds − 1`` are
+    replayed and E2E, TTFT and ITL are those of the draws' mean prediction (the
+    mean of the signed errors; ``seed_spread`` keeps each draw's), the other
+    fields those of the first draw.
     """
     from evaluation.operating_range import OperatingRange
     from evaluation.predictors import FormulaPredictor
-    from evaluation.replay import replay_experiment
+    from evaluation.replay import SPREAD_KEYS, replay_experiment, with_seed_spread
     from features import catalog
     from search_spaces.operators import parse_formula
 
     expr = parse_formula(srepr, list(catalog.registry()), indexed=False)
     span = OperatingRange.from_dict(operating_range) if operating_range is not None else None
-    result = replay_experiment(exp_dir, FormulaPredictor(expr, tuple(catalog.registry()), "generalize", span), seed,
-                               overheads["queue_overhead_s"], end_overhead_s=overheads["end_overhead_s"],
-                               async_scheduling=True, explain=False)
-    window = "summary" if "summary" in result.measured else next(iter(result.measured), "summary")
+    predictor = FormulaPredictor(expr, tuple(catalog.registry()), "generalize", span)
+    kwargs = {"queue_overhead_s": overheads["queue_overhead_s"], "end_overhead_s": overheads["end_overhead_s"],
+              "async_scheduling": True}
+    result = replay_experiment(exp_dir, predictor, seed, explain=False, **kwargs)
+    window = result.headline_window
     signed = result.errors(window)
-    pred, meas = result.predicted.get(window), result.measured.get(window)
+    spread = None
+    if seeds > 1 and result.measured:
+        spread = with_seed_spread(result, exp_dir, predictor, seeds, **kwargs).seed_spread()
+        signed = {**signed, **spread["mean"]}
+    meas = result.measured.get(window)
     means = {}
-    for key, metric in (("e2e", "request_latency"), ("ttft", "time_to_first_token"), ("itl", "inter_token_latency")):
-        means[key] = {"predicted": float(getattr(pred, metric).mean) if pred else float("nan"),
-                      "measured": float(getattr(meas, metric).mean) if meas else float("nan")}
+    for (key, metric), err in zip((("e2e", "request_latency"), ("ttft", "time_to_first_token"),
+                                   ("itl", "inter_token_latency")), SPREAD_KEYS):
+        measured = float(getattr(meas, metric).mean) if meas else float("nan")
+        means[key] = {"predicted": measured * (1.0 + signed[err] / 100.0), "measured": measured}
     return {"e2e_err": abs(signed["e2e_err"]), "ttft_err": abs(signed["ttft_err"]), "itl_err": abs(signed["itl_err"]),
             "signed": {k: signed[k] for k in ("e2e_err", "ttft_err", "itl_err")}, "means": means,
             "saturated": bool(result.saturated),
             "extrapolated": result.extrapolated,
             "outside": result.range_check.describe() if result.range_check is not None else "",
             "load": result.load.to_dict() if result.load is not None else None,
-            "stage_errors": {w: result.errors(w) for w in result.predicted if w in result.measured and w != "summary"}}
+            "stage_errors": {w: result.errors(w) for w in result.predicted if w in result.measured and w != "summary"},
+            "seed_spread": spread}
 
 
 def _write_artifact(result: Any, out: Path | None, group: str, kind: str, train: Sequence[Path],
@@ -247,7 +260,7 @@ def parsimonious(results: Sequence[Any], tolerance: float = LOSS_TOLERANCE) -> A
 
 def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None, space: str, budget: float,
              settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None],
-             priors: Sequence[str] = PRIORS, out: Path | None = None) -> FoldResult:
+             priors: Sequence[str] = PRIORS, out: Path | None = None, seeds: int = 1) -> FoldResult:
     """Search, calibrate the candidates, keep the best, replay the held-out experiments (module docstring)."""
     started = time.monotonic()
     texts = list(priors)
@@ -266,7 +279,8 @@ def run_fold(group: str, train: list[Path], test: list[Path], steps: Path | None
     echo(f"  [{group}] blackbox loss {baseline.loss:6.2f} %  {baseline.expr}")
     import sympy
 
-    ours, theirs = _held_out(chosen, test, settings.seed, mapper), _held_out(baseline, test, settings.seed, mapper)
+    ours = _held_out(chosen, test, settings.seed, mapper, seeds)
+    theirs = _held_out(baseline, test, settings.seed, mapper, seeds)
     for exp, r in ours.items():
         echo(f"  [{group}] held out {exp}: E2E {r['e2e_err']:.1f} %, TTFT {r['ttft_err']:.1f} %, ITL "
              f"{r['itl_err']:.1f} % (blackbox E2E {theirs[exp]['e2e_err']:.1f} %)"
@@ -327,14 +341,15 @@ def table(fold_results: Sequence[FoldResult]) -> str:
 
 def generalize(experiments: Sequence[Path], by: str, steps: Path | None, space: str, budget: float,
                settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None] = print,
-               priors: Sequence[str] = PRIORS, out: Path | None = None) -> list[FoldResult]:
-    """Run every fold (the Python API behind the CLI); ``out`` keeps each fold's calibrated artifacts."""
+               priors: Sequence[str] = PRIORS, out: Path | None = None, seeds: int = 1) -> list[FoldResult]:
+    """Run every fold (the Python API behind the CLI); ``out`` keeps each fold's calibrated artifacts; ``seeds``
+    workload draws are averaged in the held-out replays (:func:`replay_errors`)."""
     _check_experiments(experiments)
     results = []
     for group, train, test in folds(experiments, by):
         echo(f"fold {group}: train on {len(train)}, hold out {len(test)}")
         results.append(run_fold(group, train, test, steps, space, budget, settings, mapper, workdir, echo, priors,
-                                out))
+                                out, seeds))
     return results
 
 
@@ -348,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="physics", help="search space of the per-fold search (default physics)")
     p.add_argument("--budget", type=float, default=60.0, help="search seconds per fold (0 = priors only; default 60)")
     p.add_argument("--seed", type=int, default=0, help="seed of searches and replays (default 0)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="score each held-out experiment on the mean prediction of K workload draws (seed .. seed+K-1; "
+                        "inference-perf's arrivals are unseeded, so a measured run is one draw; default 1)")
     p.add_argument("--requests", type=int, default=800, help="requests per stage in calibration replays (default 800)")
     p.add_argument("--iterations", type=int, default=4, help="calibration outer iterations (default 4)")
     p.add_argument("--priors", type=int, default=len(PRIORS),
@@ -379,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     get_space(args.space)
     if args.seed < 0 or not args.budget >= 0:
         raise StepMLError("--seed and --budget must be >= 0")
+    if args.seeds < 1:
+        raise StepMLError(f"--seeds must be >= 1, got {args.seeds}")
     if not 0 <= args.priors <= len(PRIORS):
         raise StepMLError(f"--priors must be in 0..{len(PRIORS)}")
     settings = CalibrationSettings(requests_per_stage=args.requests, max_iterations=args.iterations, seed=args.seed,
@@ -398,11 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     echo = (lambda _: None) if args.json else print
     with tempfile.TemporaryDirectory(prefix="stepml-generalize-") as tmp, _mapper(args) as mapper:
         results = generalize(experiments, args.by, steps_or_none, args.space, args.budget, settings, mapper or map,
-                             Path(tmp), echo, PRIORS[:args.priors], out)
+                             Path(tmp), echo, PRIORS[:args.priors], out, args.seeds)
     if args.json:
         from features.io import json_safe
 
-        doc = {"by": args.by,
+        doc = {"by": args.by, "seeds": args.seeds,
                "folds": {f.group: {"experiments": f.errors, "baseline": f.baseline_errors, "formula": f.formula,
                                    "overheads": f.overheads, "calibration_loss": f.calibration_loss,
                                    "candidates": f.candidates, "baseline_formula": f.baseline_formula,

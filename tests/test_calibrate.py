@@ -162,6 +162,26 @@ def test_generalize_by_workload_prints_the_documented_json(demo_root, capsys):
     assert doc["summary"]["e2e_mean"] < 15.0
 
 
+def test_generalize_with_seeds_scores_the_mean_of_the_draws(demo_root, capsys):
+    exps = [str(p) for p in _exps(demo_root, "dense-8b-tp1-chat", "dense-8b-tp1-code")]
+    argv = ["--by", "workload", "--experiments", *exps, "--budget", "0", "--iterations", "1", "--requests", "0",
+            "--priors", "1", "--seeds", "2", "--json"]
+    assert _run(gen.main, argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["seeds"] == 2
+    for fold in doc["folds"].values():
+        for rows in (fold["experiments"], fold["baseline"]):
+            for row in rows.values():
+                spread = row["seed_spread"]
+                assert spread["seeds"] == [0, 1] and len(set(spread["ttft_err"])) == 2
+                for key in ("e2e_err", "ttft_err", "itl_err"):
+                    assert row[key] == pytest.approx(abs(np.mean(spread[key])))
+                m = row["means"]["e2e"]
+                assert m["predicted"] == pytest.approx(m["measured"] * (1 + row["signed"]["e2e_err"] / 100))
+    assert _run(gen.main, argv[:-3] + ["--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
 def _artifact_of(expr) -> dict:
     """A minimal artifact document for a formula over catalogue features."""
     used = sorted(str(s) for s in expr.free_symbols)
