@@ -214,8 +214,7 @@ def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed
                                    ("itl", "inter_token_latency")), SPREAD_KEYS):
         measured = float(getattr(meas, metric).mean) if meas else float("nan")
         means[key] = {"predicted": measured * (1.0 + signed[err] / 100.0), "measured": measured}
-    return {"e2e_err": abs(signed["e2e_err"]), "ttft_err": abs(signed["ttft_err"]), "itl_err": abs(signed["itl_err"]),
-            "signed": {k: signed[k] for k in ("e2e_err", "ttft_err", "itl_err")}, "means": means,
+    return {**{k: abs(signed[k]) for k in SPREAD_KEYS}, "signed": {k: signed[k] for k in SPREAD_KEYS}, "means": means,
             "saturated": bool(result.saturated),
             "extrapolated": result.extrapolated,
             "outside": result.range_check.describe() if result.range_check is not None else "",
@@ -319,8 +318,8 @@ def table(fold_results: Sequence[FoldResult]) -> str:
             m = r["means"]["e2e"]
             flag = ("*" if r.get("saturated") else "") + ("+" if r.get("extrapolated") else "")
             lines.append(f"{exp:<43}{flag:<2} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} "
-                         f"{r['itl_err']:>6.1f}  {m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} {b['ttft_err']:>8.1f} "
-                         f"{b['itl_err']:>7.1f}")
+                         f"{r['itl_err']:>6.1f}  {m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} "
+                         f"{b['ttft_err']:>8.1f} {b['itl_err']:>7.1f}")
     ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
     if any(r.get("saturated") for f in fold_results for r in f.errors.values()):
         lines.append("* saturated: the offered load exceeds the predicted capacity (evaluation.capacity)")
