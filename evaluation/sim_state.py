@@ -120,6 +120,7 @@ class SimState:
         self.one_ahead = bool(getattr(cfg, "async_scheduling", False))
         self.prev_start = -1.0                              # start of the step in flight (< 0: engine idle)
         self.held = 0                                       # slots still held by requests that just finished (async)
+        self.held_blocks = 0                                # ... and their KV blocks
         self.sid = 0
         self.n_done = 0                                     # finished or aborted
 
@@ -173,7 +174,7 @@ class SimState:
     def engine_idles(self) -> None:
         """Nothing was formed ahead: the engine idles until the next arrival (or schedules what has arrived)."""
         self.prev_start = -1.0
-        self.held = 0
+        self.held = self.held_blocks = 0
         if self.arr_us_l[self.nxt] > self.now:
             self.jump_to_next_arrival()
 
@@ -222,8 +223,9 @@ class SimState:
             alloc = np.clip(budget - prev, 0, want)
         need = (c + alloc + (bs - 1)) // bs
         preempted = 0
-        if self.limited and int(need.sum()) > self.total_blocks:
-            run, c, p, alloc, victims = _schedule_with_preemption(run, c, p, budget, cap, bs, self.total_blocks)
+        pool = self.total_blocks - self.held_blocks
+        if self.limited and int(need.sum()) > pool:
+            run, c, p, alloc, victims = _schedule_with_preemption(run, c, p, budget, cap, bs, pool)
             preempted = len(victims)
             for v in victims:          # each to the front: earliest-admitted ends first
                 self.ctx[v] = 0
@@ -237,14 +239,14 @@ class SimState:
     def schedule_waiting(self, batch: Batch) -> None:
         """Admit waiting requests FCFS while slots, budget and KV blocks allow (not after a preemption)."""
         waiting = self.waiting
-        # Slots of requests that finished in the step in flight free a step later (async), unless
-        # nothing else would run: then the engine waits for that step's output and frees them first.
+        # Slots and KV blocks of requests that finished in the step in flight free a step later (async),
+        # unless nothing else would run: then the engine waits for that step's output and frees them first.
         slots = self.max_seqs - batch.run.size - (self.held if batch.run.size else 0)
         if batch.preempted or not waiting or batch.budget <= 0 or slots <= 0:
             return
         bs, chunked, cap, use_prefix = self.bs, self.chunked, self.cap, self.use_prefix
         budget, used = batch.budget, batch.used
-        free = self.total_blocks - used
+        free = self.total_blocks - used - (self.held_blocks if batch.run.size else 0)
         new_ids: list[int] = []
         new_c: list[int] = []
         new_n: list[int] = []
@@ -332,11 +334,14 @@ class SimState:
         if self.use_prefix:
             self._mark_cached(run, c2)
         emit = (alloc > 0) & (c2 >= p)
-        finished = self._emit(run, emit, self.t0 + end * 1e-6)
-        cols["batch.num_finished"].append(finished)
-        # One step ahead, the next batch was formed while this step ran: a request that finishes
-        # here still sat in vLLM's running list then (skipped, not computed), so its slot frees a step later.
-        self.held = finished if self.one_ahead else 0
+        fin = self._emit(run, emit, self.t0 + end * 1e-6)
+        cols["batch.num_finished"].append(int(fin.size))
+        # One step ahead, the next batch was formed while this step ran: a request that finishes here
+        # still sat in vLLM's running list then (skipped, not computed), so its slot and its KV blocks
+        # free a step later.
+        if self.one_ahead:
+            self.held = int(fin.size)
+            self.held_blocks = int(((self.ctx[fin] + (self.bs - 1)) // self.bs).sum()) if fin.size else 0
         self.prev_start = now
         self.now = end
         self.sid += 1
@@ -349,11 +354,11 @@ class SimState:
                 self.cached[g] = self.aligned_l[r]
             self.pending[r] = _NEVER
 
-    def _emit(self, run: np.ndarray, emit: np.ndarray, t_end: float) -> int:
-        """One token for every emitting request; returns how many finished."""
+    def _emit(self, run: np.ndarray, emit: np.ndarray, t_end: float) -> np.ndarray:
+        """One token for every emitting request; returns the ids of those that finished."""
+        fin = _EMPTY
         if not emit.any():
-            return 0
-        n_fin = 0
+            return fin
         em_pos = np.flatnonzero(emit)
         em_ids = run[em_pos]
         e = self.emitted[em_ids] + 1
@@ -363,15 +368,14 @@ class SimState:
         if fmask.any():
             fin = em_ids[fmask]
             self.finish[fin] = t_end
-            n_fin = int(fin.size)
-            self.n_done += n_fin
+            self.n_done += int(fin.size)
             keep = np.ones(run.size, dtype=bool)
             keep[em_pos[fmask]] = False
             self.run = run[keep]
         if self.record_token_times:
             self.tok_ids.append(em_ids)
             self.tok_t.append(t_end)
-        return n_fin
+        return fin
 
     def token_times(self) -> list[np.ndarray]:
         """Per-request arrays of token emission times."""

@@ -123,6 +123,20 @@ def test_async_a_finished_request_holds_its_slot_one_more_step():
     assert alone.requests["queue_s"].iloc[2] == pytest.approx(3 * MS)      # nothing else runs: no step is lost
 
 
+def test_async_a_finished_request_holds_its_kv_blocks_one_more_step():
+    """The request finishing in step k frees its KV blocks when vLLM reads k's output, after forming k+1."""
+    # block_size 4, 2 blocks. Step 0: A (3 tokens, 1 output) and B (2 tokens, 3 outputs) prefill, a block
+    # each; C waits. A finishes in step 0. Sync: C takes A's block in step 1. Async: step 1 was formed
+    # while A still held it, so C starts in step 2 (B stays within its one block throughout).
+    work = wl([0.0, 0.0, 0.0], [3, 2, 3], [1, 3, 1])
+    cfg = {"block_size": 4, "num_gpu_blocks": 2, "max_num_seqs": 8}
+    sync, ahead = (simulate(work, SchedulerConfig(**cfg, async_scheduling=a), const) for a in (False, True))
+    assert sync.requests["queue_s"].tolist() == pytest.approx([0.0, 0.0, 1 * MS])
+    assert ahead.requests["queue_s"].tolist() == pytest.approx([0.0, 0.0, 2 * MS])
+    assert ahead.steps["batch.num_prefill_reqs"].tolist() == [2, 0, 1]
+    assert ahead.steps["batch.num_preempted"].sum() == 0
+
+
 # (4) preemption by recompute ----------------------------------------------------------
 
 def test_preemption_recomputes_input_plus_generated_tokens():
