@@ -111,7 +111,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ReplayResult", "replay_experiment", "client_view", "calibrate_overheads", "scheduler_config", "kv_blocks_for",
            "estimate_kv_blocks", "step_time_function", "load_predictor", "main", "ERROR_KEYS",
-           "resolve_experiment", "with_seed_spread", "SPREAD_KEYS"]
+           "resolve_experiment", "with_seed_spread", "spread_of", "SPREAD_KEYS"]
 
 #: JSON error key → (latency metric or throughput attribute).
 ERROR_KEYS: dict[str, str] = {
@@ -262,15 +262,7 @@ class ReplayResult:
 
         KEY: ``e2e_err``, ``ttft_err``, ``itl_err`` of the headline window.
         """
-        if not self.seed_errors:
-            return None
-        seeds = sorted(self.seed_errors)
-        out: dict[str, Any] = {"seeds": seeds}
-        for key in SPREAD_KEYS:
-            out[key] = [float(self.seed_errors[s][key]) for s in seeds]
-        for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
-            out[stat] = {key: float(fn(out[key])) for key in SPREAD_KEYS}
-        return out
+        return spread_of(self.seed_errors) if self.seed_errors else None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``--json`` entry of this experiment (absolute errors of the whole run, in %).
@@ -321,6 +313,21 @@ class ReplayResult:
 
 #: The errors :meth:`ReplayResult.seed_spread` reports.
 SPREAD_KEYS = ("e2e_err", "ttft_err", "itl_err")
+
+
+def spread_of(seed_errors: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
+    """``{"seeds": [...], KEY: [signed %, one per seed], "mean": {KEY: %}, "min": ..., "max": ...}``.
+
+    ``seed_errors`` maps each workload seed to its headline errors (signed, %);
+    KEY runs over :data:`SPREAD_KEYS`.
+    """
+    seeds = sorted(seed_errors)
+    out: dict[str, Any] = {"seeds": seeds}
+    for key in SPREAD_KEYS:
+        out[key] = [float(seed_errors[s][key]) for s in seeds]
+    for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+        out[stat] = {key: float(fn(out[key])) for key in SPREAD_KEYS}
+    return out
 
 
 def with_seed_spread(result: ReplayResult, exp_dir: str | Path, predictor: Any, n_seeds: int,
