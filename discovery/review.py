@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,12 +39,14 @@ def selections(front: pd.DataFrame, eligible: Sequence[bool] | None = None) -> d
 
 
 def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on: str | None = None,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, operating_range: Any = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Add the mean absolute E2E, TTFT and ITL replay errors (%) over ``experiments`` to each front row.
 
     Each row's formula drives the continuous-batching replay
     (:mod:`evaluation.replay`); ``calibrate_on`` first fits the client overheads on
-    that experiment, per row.
+    that experiment, per row. Also returns the experiments whose replay leaves
+    ``operating_range`` (the run's fitted range, :mod:`evaluation.operating_range`)
+    for some row, with what lies outside: their errors are extrapolations.
     """
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import calibrate_overheads, replay_experiment
@@ -55,34 +57,40 @@ def replay_columns(front: pd.DataFrame, experiments: Sequence[str], calibrate_on
     out = front.copy()
     for col in REPLAY_COLUMNS:
         out[col] = np.nan
+    outside: dict[str, str] = {}
     options = {"capacity": False, "explain": False, "async_scheduling": True}
     for i, row in front.iterrows():
-        predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), name=f"row {i}")
+        predictor = FormulaPredictor(expr_of(row), tuple(catalog.registry()), f"row {i}", operating_range)
         overheads = calibrate_overheads(resolve_experiment(calibrate_on), predictor, seed, **options) \
             if calibrate_on else {}
         errs = {col: [] for col in REPLAY_COLUMNS}
         for d in dirs:
             try:
-                e = replay_experiment(d, predictor, seed, **options, **overheads).errors()
+                result = replay_experiment(d, predictor, seed, **options, **overheads)
             except (ValueError, StepMLError):  # the formula gave a non-positive step time
                 e = {col: np.inf for col in REPLAY_COLUMNS}
+            else:
+                e = result.errors()
+                if result.extrapolated:
+                    outside.setdefault(d.name, result.range_check.describe())
             for col in REPLAY_COLUMNS:
                 errs[col].append(abs(e[col]))
         for col in REPLAY_COLUMNS:
             out.loc[i, col] = float(np.mean(errs[col]))
-    return out
+    return out, outside
 
 
 def save_replay(run_dir: Path, front: pd.DataFrame, experiments: Sequence[str], calibrate_on: str | None,
-                seed: int) -> Path:
-    """Write the front's replay errors to ``replay.json`` (keyed by each row's exact formula), atomically."""
+                seed: int, outside: dict[str, str] | None = None) -> Path:
+    """Write the front's replay errors to ``replay.json`` (keyed by each row's exact formula), atomically;
+    ``outside``: the replayed experiments that leave the run's operating range (see :func:`replay_columns`)."""
     from features.io import atomic_write_json, json_safe
 
     import sympy
 
     rows = {sympy.srepr(expr_of(r)): {c: float(r[c]) for c in REPLAY_COLUMNS} for _, r in front.iterrows()}
     doc = {"experiments": [str(e) for e in experiments], "calibrate_on": calibrate_on, "seed": seed,
-           "scheduling": "async", "rows": rows}
+           "scheduling": "async", "rows": rows, "extrapolated": dict(outside or {})}
     return atomic_write_json(run_dir / REPLAY_FILE, json_safe(doc))
 
 
@@ -140,7 +148,14 @@ def plot_front(front: pd.DataFrame, hof: pd.DataFrame, marks: dict[str, int], pa
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def report_md(run_dir: Path, info: dict, front: pd.DataFrame, marks: dict[str, int]) -> str:
+def outside_lines(outside: dict[str, str]) -> list[str]:
+    """One line per replayed experiment outside the run's operating range."""
+    return [f"EXTRAPOLATED {exp}: {what} (outside the range the run was fitted on; its errors are extrapolations)"
+            for exp, what in outside.items()]
+
+
+def report_md(run_dir: Path, info: dict, front: pd.DataFrame, marks: dict[str, int],
+              outside: dict[str, str] | None = None) -> str:
     """The review as Markdown."""
     replay = [c for c in REPLAY_COLUMNS if c in front.columns]
     lines = [f"# Run {run_dir.name}", "",
@@ -161,6 +176,7 @@ def report_md(run_dir: Path, info: dict, front: pd.DataFrame, marks: dict[str, i
     if replay:
         lines.append("Replay columns: mean absolute error (%) of the whole-run means over the replayed experiments "
                      "(`e2e` marks the lowest E2E error).")
+        lines += [f"- {line}" for line in outside_lines(outside or {})]
     lines.append("")
     return "\n".join(lines)
 
@@ -186,15 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     front, eligible = reviewed_front(run_dir)
     for _, row in front.iterrows():  # every formula is read (safely) before anything is replayed or written
         expr_of(row)
+    outside: dict[str, str] = {}
     if args.experiments:
-        front = replay_columns(front.drop(columns=[c for c in REPLAY_COLUMNS if c in front.columns]),
-                               args.experiments, args.calibrate_on, args.seed)
-        save_replay(run_dir, front, args.experiments, args.calibrate_on, args.seed)
+        from evaluation.predictors import run_range
+
+        front, outside = replay_columns(front.drop(columns=[c for c in REPLAY_COLUMNS if c in front.columns]),
+                                        args.experiments, args.calibrate_on, args.seed, run_range(run_dir))
+        save_replay(run_dir, front, args.experiments, args.calibrate_on, args.seed, outside)
     marks = selections(front, eligible)
     print(f"run: {run_dir}   space: {info.get('space')}   data: {info.get('data')}")
     print(front_table(front, marks))
+    for line in outside_lines(outside):
+        print(line)
     plot_front(front, hof, marks, run_dir / "pareto.png", f"{run_dir.name}")
-    atomic_write_text(run_dir / "report.md", report_md(run_dir, info, front, marks))
+    atomic_write_text(run_dir / "report.md", report_md(run_dir, info, front, marks, outside))
     print(f"wrote {run_dir / 'pareto.png'} and {run_dir / 'report.md'}")
     return 0
 

@@ -198,10 +198,10 @@ def load_predictor(spec: str, fit_data: str | Path | None = None,
     k = pick_row(front, row, eligible)
     expr = expr_of(front.iloc[k])
     return FormulaPredictor(expr, tuple(catalog.registry()), name=f"{run_dir.name}:{row}",
-                            operating_range=_run_range(run_dir))
+                            operating_range=run_range(run_dir))
 
 
-def _run_range(run_dir: Path) -> Any:
+def run_range(run_dir: Path) -> Any:
     """The operating range of a run's train and validation rows; None when its data is no longer at hand."""
     from discovery.formula import fitted_range, run_data
     from discovery.rundir import read_run_json

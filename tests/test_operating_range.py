@@ -136,3 +136,23 @@ def test_a_run_directory_predictor_carries_the_range_of_its_fitted_rows(linear_r
     info["data_hash"] = "0" * 16                       # the run's data changed since: no range, still a predictor
     (moved / "run.json").write_text(json.dumps(info))
     assert load_predictor(str(moved)).operating_range is None
+
+
+def test_review_names_the_replayed_experiments_outside_the_runs_range(linear_run, demo_root, tmp_path, capsys):
+    import shutil
+
+    from discovery import review
+    from evaluation.predictors import load_predictor
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(linear_run, run_dir)
+    exp = _exp(demo_root, "dense-8b-tp1-chat")
+    # the demo search table's prompts are longer than this experiment's: most of its steps lie below the range
+    expected = replay_experiment(exp, load_predictor(str(run_dir)), 0, async_scheduling=True)
+    assert expected.extrapolated and "context_per_request" in expected.range_check.describe()
+    assert _run(review.main, [str(run_dir), "--experiments", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert f"EXTRAPOLATED {exp.name}: context_per_request" in out
+    saved = json.loads((run_dir / "replay.json").read_text())["extrapolated"]
+    assert list(saved) == [exp.name] and saved[exp.name].startswith("context_per_request")
+    assert f"EXTRAPOLATED {exp.name}" in (run_dir / "report.md").read_text()
