@@ -174,7 +174,13 @@ def _calibrated(text: str, train: Sequence[Path], steps: Path | None, settings: 
 
 def _held_out(results: Sequence[Any], test: Sequence[Path], seed: int, mapper: Any,
               seeds: int = 1) -> list[dict[str, dict[str, Any]]]:
-    """Each calibrated result's held-out rows (:func:`replay_errors`), every (result, experiment, draw) one job."""
+    """Each calibrated result's held-out rows, every (result, experiment, draw) replay one mapper job.
+
+    A row has the absolute and signed E2E, TTFT and ITL errors (%) of the mean
+    prediction over the ``seeds`` draws ``seed`` … ``seed + seeds − 1`` (the mean
+    of the draws' signed errors; ``seed_spread`` keeps each draw's), the measured
+    and predicted means, and the first draw's flags and per-stage errors.
+    """
     import sympy
 
     jobs = [(str(e), sympy.srepr(r.expr), dict(r.overheads), seed + k,
@@ -184,25 +190,15 @@ def _held_out(results: Sequence[Any], test: Sequence[Path], seed: int, mapper: A
     return [{e.name: _row([next(draws) for _ in range(seeds)], seed) for e in test} for _ in results]
 
 
-def replay_errors(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int,
-                  operating_range: Mapping[str, Any] | None = None, seeds: int = 1) -> dict[str, Any]:
-    """Full replay of one experiment with a calibrated formula: errors and means (module-level: picklable).
-
-    ``operating_range`` (:meth:`~evaluation.operating_range.OperatingRange.to_dict`)
-    is where the formula was calibrated; the row says whether the replay leaves it.
-    With ``seeds`` > 1 the workload draws ``seed`` … ``seed + seeds − 1`` are
-    replayed and E2E, TTFT and ITL are those of the draws' mean prediction (the
-    mean of the signed errors; ``seed_spread`` keeps each draw's), the other
-    fields those of the first draw.
-    """
-    return _row([replay_draw(exp_dir, srepr, overheads, seed + k, operating_range, k == 0) for k in range(seeds)],
-                seed)
-
-
 def replay_draw(exp_dir: str, srepr: str, overheads: Mapping[str, float], seed: int,
                 operating_range: Mapping[str, Any] | None = None, first: bool = True) -> dict[str, Any]:
-    """One workload draw of :func:`replay_errors`: its signed headline errors (%) and, for the ``first``
-    draw, the measured means, the flags and the per-stage errors (module-level: picklable)."""
+    """Full replay of one workload draw of an experiment with a calibrated formula (module-level: picklable).
+
+    Returns its signed headline errors (%) and, for the ``first`` draw, the
+    measured means, the flags (saturated; ``extrapolated`` when the replay leaves
+    ``operating_range``, :meth:`~evaluation.operating_range.OperatingRange.to_dict`)
+    and the per-stage errors.
+    """
     from evaluation.operating_range import OperatingRange
     from evaluation.predictors import FormulaPredictor
     from evaluation.replay import replay_experiment
@@ -235,7 +231,7 @@ def _row(draws: Sequence[Mapping[str, Any]], seed: int) -> dict[str, Any]:
     first = draws[0]
     signed = first["signed"]
     spread = None
-    if len(draws) > 1 and all(np.isfinite(list(first["measured"].values()))):
+    if len(draws) > 1:
         spread = spread_of({seed + k: d["signed"] for k, d in enumerate(draws)})
         signed = {**signed, **spread["mean"]}
     means = {key: {"predicted": m * (1.0 + signed[err] / 100.0), "measured": m}
@@ -363,7 +359,7 @@ def generalize(experiments: Sequence[Path], by: str, steps: Path | None, space: 
                settings: Any, mapper: Any, workdir: Path, echo: Callable[[str], None] = print,
                priors: Sequence[str] = PRIORS, out: Path | None = None, seeds: int = SEEDS) -> list[FoldResult]:
     """Run every fold (the Python API behind the CLI); ``out`` keeps each fold's calibrated artifacts; ``seeds``
-    workload draws are averaged in the held-out replays (:func:`replay_errors`)."""
+    workload draws are averaged in the held-out replays (:func:`replay_draw`)."""
     _check_experiments(experiments)
     results = []
     for group, train, test in folds(experiments, by):
