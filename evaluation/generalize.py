@@ -328,21 +328,26 @@ def summary(fold_results: Sequence[FoldResult], key: str = "errors") -> dict[str
 def table(fold_results: Sequence[FoldResult]) -> str:
     """The text report: one row per held-out experiment, ours beside the blackbox."""
     lines = [f"{'experiment':<45} {'held out':<28} {'E2E%':>6} {'TTFT%':>6} {'ITL%':>6}  "
-             f"{'E2E meas/pred s':>16}  {'bb E2E%':>7} {'bb TTFT%':>8} {'bb ITL%':>7}"]
+             f"{'E2E meas/pred s':>16}  {'bb E2E%':>7} {'bb TTFT%':>8} {'bb ITL%':>7}  {'TTFT% over draws':>16}"]
     for f in fold_results:
         for exp, r in f.errors.items():
             b = f.baseline_errors[exp]
             m = r["means"]["e2e"]
             flag = ("*" if r.get("saturated") else "") + ("+" if r.get("extrapolated") else "")
+            spread = r.get("seed_spread")
+            draws = f"{spread['min']['ttft_err']:+.1f} .. {spread['max']['ttft_err']:+.1f}" if spread else ""
             lines.append(f"{exp:<43}{flag:<2} {f.group[:28]:<28} {r['e2e_err']:>6.1f} {r['ttft_err']:>6.1f} "
                          f"{r['itl_err']:>6.1f}  {m['measured']:>7.3f}/{m['predicted']:<8.3f}  {b['e2e_err']:>7.1f} "
-                         f"{b['ttft_err']:>8.1f} {b['itl_err']:>7.1f}")
+                         f"{b['ttft_err']:>8.1f} {b['itl_err']:>7.1f}  {draws:>16}")
     ours, base = summary(fold_results), summary(fold_results, "baseline_errors")
     if any(r.get("saturated") for f in fold_results for r in f.errors.values()):
         lines.append("* saturated: the offered load exceeds the predicted capacity (evaluation.capacity)")
     if any(r.get("extrapolated") for f in fold_results for r in f.errors.values()):
         lines.append("+ extrapolated: the replay's steps leave the range the formula was calibrated on "
                      "(evaluation.operating_range)")
+    if any(r.get("seed_spread") for f in fold_results for r in f.errors.values()):
+        lines.append("TTFT% over draws: the signed TTFT error of each workload draw, lowest .. highest (the row's "
+                     "errors are those of the draws' mean prediction)")
     if ours:
         lines.append(f"mean |error| — ours: E2E {ours['e2e_mean']:.1f} % (max {ours['e2e_max']:.1f}), TTFT "
                      f"{ours['ttft_mean']:.1f} %, ITL {ours['itl_mean']:.1f} %;  blackbox: E2E {base['e2e_mean']:.1f} %, "

@@ -15,7 +15,7 @@ from evaluation.predictors import FormulaPredictor
 from features.errors import StepMLError
 from evaluation.replay import replay_experiment
 from features import catalog
-from features.demo_experiments import END_OVERHEAD_S, QUEUE_OVERHEAD_S, law_expression
+from features.demo_experiments import QUEUE_OVERHEAD_S, law_expression
 
 from conftest import run_main as _run
 
@@ -180,6 +180,22 @@ def test_generalize_with_seeds_scores_the_mean_of_the_draws(demo_root, capsys):
                 assert m["predicted"] == pytest.approx(m["measured"] * (1 + row["signed"]["e2e_err"] / 100))
     assert _run(gen.main, argv[:-3] + ["--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_a_held_out_row_is_the_mean_of_its_draws_and_the_table_shows_their_range():
+    first = {"signed": {"e2e_err": 1.0, "ttft_err": -20.0, "itl_err": 0.5}, "measured": {"e2e": 5.0, "ttft": 0.1,
+             "itl": 0.01}, "saturated": False, "extrapolated": False, "outside": "", "load": None, "stage_errors": {}}
+    row = gen._row([first, {"signed": {"e2e_err": 2.0, "ttft_err": 10.0, "itl_err": 0.7}}], seed=4)
+    assert row["signed"] == pytest.approx({"e2e_err": 1.5, "ttft_err": -5.0, "itl_err": 0.6})
+    assert row["ttft_err"] == pytest.approx(5.0) and row["seed_spread"]["seeds"] == [4, 5]
+    assert row["means"]["e2e"] == pytest.approx({"predicted": 5.0 * 1.015, "measured": 5.0})
+    single = gen._row([first], seed=4)
+    assert single["ttft_err"] == pytest.approx(20.0) and single["seed_spread"] is None
+    fold = gen.FoldResult("g", ("a",), ("x", "y"), "f", {"queue_overhead_s": 0.0, "end_overhead_s": 0.0}, 1.0, {},
+                          {"x": row, "y": single}, "b", {"x": single, "y": single}, 1.0)
+    lines = gen.table([fold]).splitlines()
+    assert lines[1].rstrip().endswith("-20.0 .. +10.0") and ".." not in lines[2]      # one draw: no range
+    assert any(line.startswith("TTFT% over draws:") for line in lines)
 
 
 def _artifact_of(expr) -> dict:
