@@ -173,7 +173,7 @@ def _calibrated(text: str, train: Sequence[Path], steps: Path | None, settings: 
 
 
 def _held_out(results: Sequence[Any], test: Sequence[Path], seed: int, mapper: Any,
-              seeds: int = 1) -> list[dict[str, dict[str, Any]]]:
+              seeds: int) -> list[dict[str, dict[str, Any]]]:
     """Each calibrated result's held-out rows, every (result, experiment, draw) replay one mapper job.
 
     A row has the absolute and signed E2E, TTFT and ITL errors (%) of the mean

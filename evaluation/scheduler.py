@@ -92,9 +92,10 @@ nothing to run (the engine would idle), everything that has arrived is
 eligible at once. Running requests (decodes, prefill chunks) are unaffected.
 A request that produces its last token in step ``k`` was still in vLLM's
 running list when step ``k + 1`` was formed (vLLM skips it there without
-computing), so its ``max_num_seqs`` slot frees one step later: a waiting request
-takes it in step ``k + 2`` (unless nothing else runs; then the engine waits for
-step ``k``'s output first). Its KV blocks are counted free at once.
+computing), so its ``max_num_seqs`` slot and its KV blocks free one step later
+(vLLM releases them when it reads step ``k``'s output): a waiting request takes
+them in step ``k + 2`` (unless nothing else runs; then the engine waits for step
+``k``'s output first).
 On the BLIS experiments this makes the time to first token about 2.5 steps plus
 a constant ~9 ms on every model, where the one-step simulator needed a
 model-dependent constant (15–27 ms).
