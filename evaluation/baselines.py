@@ -12,6 +12,12 @@
   target): the black-box accuracy reference.
 - ``xgboost``: XGBoost's gradient-boosted trees on the same features and
   target (the seed plan's reference model).
+- ``poly2``: a quadratic response surface on the same features: ridge least
+  squares of log(target) on every degree ≤ 2 product of the features' logs.
+  A *smooth* reference of known size (``n_terms_`` coefficients, e.g. 36 for 7
+  features, 253 for 21): what a smooth law with that many constants reaches,
+  against which a formula of a handful of constants can be judged where trees
+  win by following kernel-selection steps (``benchmarks/kernel_suite.py``).
 
 The tree models run on :data:`THREADS` BLAS/OpenMP threads (threadpoolctl;
 XGBoost's ``n_jobs``): their results do not depend on the thread count, and
@@ -266,6 +272,73 @@ class XGBoost(_LogTrees):
                             random_state=self.random_state)
 
 
+class LogPolynomial:
+    """Ridge least squares of log(target) on the degree ≤ ``degree`` monomials of the features' logs.
+
+    Each non-leaky feature ``x`` (those the trees use, constant ones dropped) enters as
+    ``log1p(|x| / m)`` with ``m`` its median non-zero training magnitude: ``log(x / m)``
+    for ``x ≫ m``, linear near 0, so zero-valued features (``decode_tokens`` of a prefill
+    step) stay finite. The monomials are standardised on the training rows and fitted with
+    a small ridge (``alpha``), weighted by ``sample_weight``.
+
+    Parameters
+    ----------
+    degree : int
+        Highest total degree of a monomial (2: a quadratic response surface).
+    alpha : float
+        Ridge penalty on the standardised monomials' coefficients.
+    """
+
+    def __init__(self, degree: int = 2, alpha: float = 1e-6) -> None:
+        self.degree = degree
+        self.alpha = alpha
+
+    @property
+    def name(self) -> str:
+        """``poly<degree>``, unless a caller relabelled the fitted model (as for every baseline)."""
+        return getattr(self, "label_", f"poly{self.degree}")
+
+    @name.setter
+    def name(self, label: str) -> None:
+        self.label_ = label
+
+    def _design(self, columns: Mapping[str, object]) -> np.ndarray:
+        z = np.log1p(np.abs(feature_matrix(columns, self.features_)) / self.scale_)
+        return self.poly_.transform(z)
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LogPolynomial":
+        from sklearn.preprocessing import PolynomialFeatures
+
+        names = _tree_features(frame)
+        x = np.abs(feature_matrix(frame, names))
+        varies = np.ptp(x, axis=0) > 0
+        if not varies.any():
+            raise StepMLError("no feature varies over the training rows: nothing to fit a polynomial on")
+        self.features_ = tuple(n for n, v in zip(names, varies) if v)
+        x = x[:, varies]
+        self.scale_ = np.array([np.median(c[c > 0]) for c in x.T])
+        self.poly_ = PolynomialFeatures(self.degree, include_bias=False).fit(np.log1p(x / self.scale_))
+        a = self._design(frame)
+        self.mean_, self.std_ = a.mean(axis=0), a.std(axis=0)
+        self.std_[self.std_ == 0] = 1.0
+        a = (a - self.mean_) / self.std_
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        t = np.log(y)
+        self.intercept0_ = float(np.average(t, weights=w))
+        sw = np.sqrt(w / w.sum())[:, None]
+        k = a.shape[1]
+        lhs = np.vstack([a * sw, np.sqrt(self.alpha) * np.eye(k)])
+        rhs = np.concatenate([(t - self.intercept0_) * sw[:, 0], np.zeros(k)])
+        self.coef_ = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        self.n_terms_ = k + 1
+        return self
+
+    def predict(self, columns: Mapping[str, object]) -> np.ndarray:
+        a = (self._design(columns) - self.mean_) / self.std_
+        with np.errstate(over="ignore"):
+            return np.exp(self.intercept0_ + a @ self.coef_)
+
+
 def _tree_features(frame: pd.DataFrame) -> tuple[str, ...]:
     features = tuple(f.name for f in catalog.available_features(frame.columns))
     if not features:
@@ -282,6 +355,7 @@ BASELINES: Registry[Callable[[], Any]] = Registry("baseline", lambda: {
     "roofline-cal": lambda: Roofline(True),
     "gbt": GradientBoosted,
     "xgboost": XGBoost,
+    "poly2": LogPolynomial,
 })
 
 
