@@ -445,7 +445,7 @@ def calibrate(expr: sympy.Expr, experiments: Sequence[str | Path], steps: str | 
     started = time.monotonic()
     while len(history) < settings.max_iterations and time.monotonic() - started < settings.budget_s:
         anchors = _replay_all(mapper, formula, x, exps, settings)
-        span = fit_range([a.steps for a in anchors] + [r.columns for r in rows],
+        span = fit_range([{**a.constants, **a.steps} for a in anchors] + [r.columns for r in rows],
                          f"{len(anchors)} calibration replay(s)" + (f" and {len(rows)} step trace(s)" if rows else ""))
         fitted = span.to_dict() if span is not None else fitted
         req = request_errors(formula, anchors, x, exact=True)

@@ -8,13 +8,16 @@ percent of latency error. The range is recorded with the predictor, and every
 replay says when the run leaves it, instead of printing an extrapolation as an
 ordinary prediction.
 
-The quantities are properties of the workload on the server, not of the model
-(a leave-one-model-out fold predicts a new model by design):
+The quantities are properties of the workload and of the server it runs on, not
+of the model (a leave-one-model-out fold predicts a new model by design):
 
 ==========================  ===========================================================
 ``requests_per_step``        requests in the step (prefill + decode)
 ``context_per_request``      KV tokens held per request in the step (``kv.tokens_in_use`` ÷ requests)
 ``tokens_per_step``          tokens the step processes (``batch.scheduled_tokens``)
+``tensor_parallel``          the server's tensor-parallel degree (``arch.tp``): a formula fitted on
+                             TP ≥ 2 only has never seen a step without all-reduces, and its split
+                             between per-layer and all-reduce latency is not identified there
 ==========================  ===========================================================
 
 The range of a quantity is the central :data:`COVERAGE` of the fitted steps (the
@@ -41,6 +44,7 @@ QUANTITIES: dict[str, str] = {
     "requests_per_step": "requests in the step",
     "context_per_request": "KV tokens held per request",
     "tokens_per_step": "tokens processed in the step",
+    "tensor_parallel": "tensor-parallel degree of the server",
 }
 
 #: Central share of the fitted steps that makes the range (1st to 99th percentile).
@@ -56,7 +60,8 @@ def step_quantities(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The quantities of every step with at least one request (canonical columns in, arrays out).
 
     Columns missing from ``columns`` (a step table without ``kv.tokens_in_use``)
-    leave their quantity out.
+    leave their quantity out; a scalar column (``arch.tp`` of a replay's
+    constants, merged in as ``{**constants, **steps}``) holds for every step.
     """
     if not all(c in columns for c in ("batch.num_prefill_reqs", "batch.num_decode_reqs")):
         return {}
@@ -68,6 +73,8 @@ def step_quantities(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
         out["context_per_request"] = np.asarray(columns["kv.tokens_in_use"], dtype=float)[busy] / reqs[busy]
     if "batch.scheduled_tokens" in columns:
         out["tokens_per_step"] = np.asarray(columns["batch.scheduled_tokens"], dtype=float)[busy]
+    if "arch.tp" in columns:
+        out["tensor_parallel"] = np.broadcast_to(np.asarray(columns["arch.tp"], dtype=float), reqs.shape)[busy]
     return {k: v[np.isfinite(v)] for k, v in out.items()}
 
 
@@ -210,7 +217,9 @@ def check_range(rng: OperatingRange, columns: Mapping[str, Any]) -> RangeCheck:
     return RangeCheck(tuple(out), rng.source)
 
 
-def replay_range_check(predictor: Any, steps: Mapping[str, Any]) -> RangeCheck | None:
-    """:func:`check_range` of a replay's steps against ``predictor.operating_range`` (None when it has none)."""
+def replay_range_check(predictor: Any, steps: Mapping[str, Any],
+                       constants: Mapping[str, Any] | None = None) -> RangeCheck | None:
+    """:func:`check_range` of a replay's steps (and its server's ``constants``: ``arch.tp``) against
+    ``predictor.operating_range`` (None when it has none)."""
     rng = getattr(predictor, "operating_range", None)
-    return check_range(rng, steps) if rng is not None else None
+    return check_range(rng, {**(constants or {}), **steps}) if rng is not None else None

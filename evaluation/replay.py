@@ -429,7 +429,7 @@ def replay_experiment(exp_dir: str | Path, predictor: Any, seed: int = 0, queue_
     all_stages = chosen == list(range(len(setup.profile.stages)))
     measured = {} if max_requests is not None else measured_windows(setup.exp_dir, chosen, all_stages)
     load = load_report(setup, step_fn, pname) if capacity else None
-    kept: dict[str, Any] = {"range_check": replay_range_check(predictor, sim.steps)}
+    kept: dict[str, Any] = {"range_check": replay_range_check(predictor, sim.steps, setup.constants)}
     if keep_sim:
         arrival = placed.loc[accepted, "arrival_s"].to_numpy(dtype=float) + queue_overhead_s
         kept.update(sim=sim, accepted=accepted, sim_arrival_s=arrival, constants=dict(setup.constants))

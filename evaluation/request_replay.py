@@ -156,7 +156,7 @@ def replay_requests(log: RequestLog, server: ServerSpec, predictor: Any, *, queu
                    "kv_blocks": blocks, "kv_source": kv_source, "async_scheduling": config.async_scheduling}
     result = ReplayResult(log.name, pname, 0, predicted, measured, view, int(len(sim.steps)), int(blocks or 0),
                           kv_source, config, 0, sim_seconds, 0.0, tuple(notes), None, load, kind="request log",
-                          per=per, server=server_info, range_check=replay_range_check(predictor, sim.steps))
+                          per=per, server=server_info, range_check=replay_range_check(predictor, sim.steps, constants))
     return replace(result, wall_seconds=time.perf_counter() - t_start)
 
 

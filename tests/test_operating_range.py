@@ -55,6 +55,21 @@ def test_a_run_like_the_fitted_steps_is_inside_and_three_times_the_context_is_no
     assert "context_per_request: 100 % of steps outside" in longer.describe() and "above" in longer.describe()
 
 
+def test_a_tensor_parallel_degree_the_fit_never_saw_is_an_extrapolation():
+    """Fitted on TP 2 and TP 4 servers, a TP-1 server running the very same workload extrapolates (no
+    all-reduce at all); TP 4 and the TP 3 between them do not. ``arch.tp`` is a scalar merged into the steps."""
+    rng = np.random.default_rng(1)
+    span = fit_range([{"arch.tp": 2, **_steps(2000, 600.0, rng)}, {"arch.tp": 4, **_steps(2000, 600.0, rng)}], "tp")
+    assert span.bounds["tensor_parallel"] == (2.0, 4.0)
+    same = _steps(1000, 600.0, rng)
+    for tp, expected in ((1, True), (3, False), (4, False), (8, True)):
+        check = check_range(span, {"arch.tp": tp, **same})
+        assert check.extrapolates is expected, tp
+        assert [e.quantity for e in check.outside] == (["tensor_parallel"] if expected else [])
+    assert "tensor_parallel: 100 % of steps outside the fitted 2-4 (below; median 1)" in check_range(
+        span, {"arch.tp": 1, **same}).describe()
+
+
 def test_empty_steps_are_left_out_and_missing_columns_drop_their_quantity():
     cols = {"batch.num_prefill_reqs": np.array([0.0, 1.0, 0.0]), "batch.num_decode_reqs": np.array([0.0, 3.0, 2.0]),
             "kv.tokens_in_use": np.array([0.0, 400.0, 100.0])}
@@ -91,6 +106,13 @@ def test_a_replay_outside_the_range_says_so_in_text_and_json(demo_root):
         assert ("EXTRAPOLATED" in format_result(result)) is expected
     share = doc["operating_range"]["quantities"]["context_per_request"]["share_above"]
     assert share > OUTSIDE_SHARE and "a narrow fit" in format_result(result)
+    # the replay checks its server's TP degree (a constant, not a step column) too: this experiment runs TP 1
+    for tp, expected in ((1, False), (2, True)):
+        span = fit_range([{"arch.tp": tp, **plain.sim.steps}], f"the replay at TP {tp}")
+        result = replay_experiment(exp, FormulaPredictor(law_expression(), tuple(catalog.registry()),
+                                                         operating_range=span), 0)
+        assert result.extrapolated is expected
+        assert ("tensor_parallel: 100 % of steps outside the fitted 2-2" in result.range_check.describe()) is expected
 
 
 def test_a_calibrated_artifact_records_its_range_and_its_own_experiments_are_inside(demo_root, tmp_path):
@@ -108,7 +130,9 @@ def test_a_calibrated_artifact_records_its_range_and_its_own_experiments_are_ins
     assert _run(cal.main, [str(artifact), "--experiments", *map(str, exps), "--iterations", "1", "--requests", "0",
                            "--out", str(out)]) == 0
     doc, predictor = load_artifact(out)
-    assert set(doc["operating_range"]["bounds"]) == {"requests_per_step", "context_per_request", "tokens_per_step"}
+    assert set(doc["operating_range"]["bounds"]) == {"requests_per_step", "context_per_request", "tokens_per_step",
+                                                     "tensor_parallel"}
+    assert doc["operating_range"]["bounds"]["tensor_parallel"] == [1.0, 1.0]     # both demo experiments run TP 1
     assert "2 calibration replay(s)" in doc["operating_range"]["source"]
     assert predictor.operating_range is not None
     for exp in exps:
