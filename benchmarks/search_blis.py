@@ -2,7 +2,8 @@
 
 For each experiment a search (default 120 s budget) runs on that experiment's
 training part; the `best` front member's test MAPE is compared with the
-gradient-boosted baseline fitted on the same training part. Also runs one
+gradient-boosted baseline and with `poly2` (a quadratic in the features' logs,
+the smooth reference) fitted on the same training part. Also runs one
 pooled search over all three experiments. Prints the ratio formula/GBT
 (goal ≤ 1.0 with complexity ≤ 15) and node evaluations per second.
 
@@ -33,10 +34,11 @@ def run_one(data: Path, experiments: list[str], budget: float, seed: int, out: P
     dataset = load_dataset(data, experiments=experiments)
     split = make_splits(dataset.frame, "temporal")[0]
     gbt = score(fit_baseline("gbt", dataset, split.train), dataset, split)
+    poly = score(fit_baseline("poly2", dataset, split.train), dataset, split)
     from evaluation.predictors import FormulaPredictor
     card = score(FormulaPredictor(best.expression(), tuple(dataset.feature_names())), dataset, split)
     stats = result.info.get("engine_stats", {}).get("deap", {})
-    return {"best": best, "card": card, "gbt": gbt, "stats": stats}
+    return {"best": best, "card": card, "gbt": gbt, "poly2": poly, "stats": stats}
 
 
 def main() -> None:
@@ -48,7 +50,8 @@ def main() -> None:
     data = data_root_or_exit() / "blis/steps/enriched_steps.parquet"
     tmp = Path(tempfile.mkdtemp(prefix="stepml-bench-"))
     print(f"dense space, cycle target, temporal split, budget {args.budget:.0f} s per search, seed {args.seed}")
-    print(f"{'experiment':<46} {'cx':>3} {'formula test%':>13} {'GBT test%':>9} {'ratio':>6} {'node evals/s':>13}  formula")
+    print(f"{'experiment':<46} {'cx':>3} {'formula test%':>13} {'GBT test%':>9} {'poly2%':>7} {'ratio':>6} "
+          f"{'node evals/s':>13}  formula")
     groups = [] if args.pooled_only else [[e] for e in EXPERIMENTS]
     for k, exps in enumerate(groups + [list(EXPERIMENTS)]):
         res = run_one(data, exps, args.budget, args.seed, tmp / f"run{k}")
@@ -56,8 +59,9 @@ def main() -> None:
         for exp in exps:
             f = res["card"].groups[("test", "experiment_id")][exp]["mape"]
             g = res["gbt"].groups[("test", "experiment_id")][exp]["mape"]
+            q = res["poly2"].groups[("test", "experiment_id")][exp]["mape"]
             label = ("pooled: " if pooled else "") + exp
-            print(f"{label[:46]:<46} {int(res['best'].complexity):>3} {f:>13.2f} {g:>9.2f} {f / g:>6.2f} "
+            print(f"{label[:46]:<46} {int(res['best'].complexity):>3} {f:>13.2f} {g:>9.2f} {q:>7.2f} {f / g:>6.2f} "
                   f"{res['stats'].get('node_evals_per_s', float('nan')):>13.3g}  {res['best'].equation}")
     print(f"runs kept in {tmp}")
 
