@@ -279,7 +279,8 @@ class LogPolynomial:
     ``log1p(|x| / m)`` with ``m`` its median non-zero training magnitude: ``log(x / m)``
     for ``x ≫ m``, linear near 0, so zero-valued features (``decode_tokens`` of a prefill
     step) stay finite. The monomials are standardised on the training rows and fitted with
-    a small ridge (``alpha``), weighted by ``sample_weight``.
+    a small ridge (``alpha`` per unit of total weight) and a free intercept, weighted by
+    ``sample_weight`` (scikit-learn's ``PolynomialFeatures``, ``StandardScaler``, ``Ridge``).
 
     Parameters
     ----------
@@ -302,12 +303,13 @@ class LogPolynomial:
     def name(self, label: str) -> None:
         self.label_ = label
 
-    def _design(self, columns: Mapping[str, object]) -> np.ndarray:
-        z = np.log1p(np.abs(feature_matrix(columns, self.features_)) / self.scale_)
-        return self.poly_.transform(z)
+    def _logs(self, columns: Mapping[str, object]) -> np.ndarray:
+        return np.log1p(np.abs(feature_matrix(columns, self.features_)) / self.scale_)
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LogPolynomial":
-        from sklearn.preprocessing import PolynomialFeatures
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
         names = _tree_features(frame)
         x = np.abs(feature_matrix(frame, names))
@@ -317,26 +319,17 @@ class LogPolynomial:
         self.features_ = tuple(n for n, v in zip(names, varies) if v)
         x = x[:, varies]
         self.scale_ = np.array([np.median(c[c > 0]) for c in x.T])
-        self.poly_ = PolynomialFeatures(self.degree, include_bias=False).fit(np.log1p(x / self.scale_))
-        a = self._design(frame)
-        self.mean_, self.std_ = a.mean(axis=0), a.std(axis=0)
-        self.std_[self.std_ == 0] = 1.0
-        a = (a - self.mean_) / self.std_
-        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-        t = np.log(y)
-        self.intercept0_ = float(np.average(t, weights=w))
-        sw = np.sqrt(w / w.sum())[:, None]
-        k = a.shape[1]
-        lhs = np.vstack([a * sw, np.sqrt(self.alpha) * np.eye(k)])
-        rhs = np.concatenate([(t - self.intercept0_) * sw[:, 0], np.zeros(k)])
-        self.coef_ = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
-        self.n_terms_ = k + 1
+        total = len(y) if sample_weight is None else float(np.sum(sample_weight))
+        # alpha per unit of total weight; SVD: the monomials of near-duplicate features are nearly collinear
+        self.model_ = make_pipeline(PolynomialFeatures(self.degree, include_bias=False), StandardScaler(),
+                                    Ridge(alpha=self.alpha * total, solver="svd"))
+        self.model_.fit(np.log1p(x / self.scale_), np.log(y), ridge__sample_weight=sample_weight)
+        self.n_terms_ = int(self.model_[0].n_output_features_) + 1
         return self
 
     def predict(self, columns: Mapping[str, object]) -> np.ndarray:
-        a = (self._design(columns) - self.mean_) / self.std_
         with np.errstate(over="ignore"):
-            return np.exp(self.intercept0_ + a @ self.coef_)
+            return np.exp(self.model_.predict(self._logs(columns)))
 
 
 def _tree_features(frame: pd.DataFrame) -> tuple[str, ...]:

@@ -286,6 +286,15 @@ def test_poly2_recovers_a_quadratic_in_the_logs_exactly(demo, demo_split):
     assert poly < 0.8 * naive
 
 
+def test_poly2_weighted_fit_has_a_free_intercept(demo, demo_split):
+    """Least squares with an unpenalised intercept: the weighted log residuals of the training rows sum to 0."""
+    rows = demo_split.train
+    w = np.random.default_rng(3).uniform(0.1, 10.0, rows.size)
+    model = make_baseline("poly2").fit(demo.frame.iloc[rows], demo.y[rows], w)
+    resid = np.log(model.predict(demo.frame.iloc[rows])) - np.log(demo.y[rows])
+    assert abs(np.sum(w * resid)) / np.sum(w) < 1e-9 < np.mean(np.abs(resid))
+
+
 def test_poly2_needs_a_varying_feature(demo, demo_split):
     frame = demo.frame.iloc[demo_split.train].copy()
     for name in fit_baseline("poly2", demo, demo_split.train).features_:
